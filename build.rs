@@ -1,0 +1,30 @@
+//! Compiles `proto/` into Rust with protox (a pure-Rust protobuf compiler, so no system `protoc`)
+//! and tonic-prost-build, and exports the encoded descriptor set for gRPC server reflection.
+
+use std::{env, error::Error, fs, path::PathBuf};
+
+/// Every proto file of the public API, relative to `proto/`.
+const PROTO_FILES: &[&str] = &[
+    "autocrane/watchdog/v1/watchdog.proto",
+    "autocrane/version/v1/version.proto",
+    "autocrane/data/v1/data.proto",
+];
+
+fn main() -> Result<(), Box<dyn Error>> {
+    println!("cargo:rerun-if-changed=proto");
+    let file_descriptors = protox::compile(PROTO_FILES, ["proto"])?;
+
+    let out_dir = PathBuf::from(env::var("OUT_DIR")?);
+    fs::write(
+        out_dir.join("autocrane_descriptor.bin"),
+        prost::Message::encode_to_vec(&file_descriptors),
+    )?;
+
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        // Unimplemented RPCs answer UNIMPLEMENTED, so a service can be served before every RPC exists.
+        .generate_default_stubs(true)
+        .compile_fds(file_descriptors)?;
+    Ok(())
+}
