@@ -1,0 +1,123 @@
+//! The command line: global telemetry flags, then one subcommand per component or tool.
+
+use std::process::ExitCode;
+
+use autocrane_api::{
+    crd::AutoCraneDeployment,
+    runtime::{args::TelemetryArgs, process::Process, shutdown::Shutdown, telemetry},
+};
+use clap::{Parser, Subcommand};
+
+/// AutoCrane ships container services safely on Kubernetes: watchdog-gated rollouts with automatic
+/// rollback, restarts of failing pods within a failing limit, and data deployments that swap files
+/// inside running pods without restarting them.
+///
+/// Every component runs from this one binary; choose it with the subcommand. Every flag can also be
+/// set by the environment variable shown in its help.
+#[derive(Parser, Debug)]
+#[command(name = "autocrane", version, propagate_version = true)]
+pub struct Cli {
+    /// Logging (global: may follow the subcommand).
+    #[command(flatten)]
+    telemetry: TelemetryArgs,
+
+    /// What to run.
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The subcommands.
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the WatchdogListener gRPC server (post, read and watch pod watchdogs).
+    WatchdogListener(autocrane_watchdog_listener::Args),
+    /// Run the VersionWatcher gRPC server (discover upstream versions and stream them).
+    VersionWatcher(autocrane_version_watcher::Args),
+    /// Run the DataRepository gRPC server (store data versions and stream them to pods).
+    DataRepository(autocrane_data_repository::Args),
+    /// Run the DataDeployer in a pod (init: wait for data; sidecar: swap in new data versions).
+    DataDeployer(autocrane_data_deployer::Args),
+    /// Print the AutoCraneDeployment CustomResourceDefinition as YAML.
+    Crd,
+}
+
+impl Cli {
+    /// Runs the chosen subcommand and maps its outcome to the exit code: 0 on success, 1 when the
+    /// component failed (the error chain is logged), 2 for usage errors (clap's own code).
+    pub async fn run(self) -> ExitCode {
+        let Cli { telemetry, command } = self;
+        let service_name = command.service_name();
+        let guard = match telemetry::init(service_name, &telemetry) {
+            Ok(guard) => guard,
+            Err(err) => {
+                eprintln!("autocrane: {err}");
+                return ExitCode::from(2);
+            }
+        };
+        let outcome = command.run().await;
+        guard.shutdown().await;
+        match outcome {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                let mut message = format!("autocrane {service_name}: {err}");
+                let mut source = err.source();
+                while let Some(cause) = source {
+                    message.push_str(&format!(": {cause}"));
+                    source = cause.source();
+                }
+                tracing::error!("{message}");
+                eprintln!("{message}");
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl Command {
+    fn service_name(&self) -> &'static str {
+        match self {
+            Command::WatchdogListener(_) => "watchdog-listener",
+            Command::VersionWatcher(_) => "version-watcher",
+            Command::DataRepository(_) => "data-repository",
+            Command::DataDeployer(_) => "data-deployer",
+            Command::Crd => "crd",
+        }
+    }
+
+    async fn run(self) -> Result<(), BoxError> {
+        let process = || Process::new(Shutdown::on_signals());
+        match self {
+            Command::WatchdogListener(args) => {
+                autocrane_watchdog_listener::run(args, process()).await?
+            }
+            Command::VersionWatcher(args) => autocrane_version_watcher::run(args, process()).await?,
+            Command::DataRepository(args) => autocrane_data_repository::run(args, process()).await?,
+            Command::DataDeployer(args) => autocrane_data_deployer::run(args).await?,
+            Command::Crd => print!("{}", AutoCraneDeployment::crd_yaml()),
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_subcommand_has_a_one_line_description() {
+        let command = Cli::command();
+        for sub in command.get_subcommands() {
+            let about = sub.get_about().map(|a| a.to_string()).unwrap_or_default();
+            assert!(!about.is_empty(), "{} has no description", sub.get_name());
+            assert!(!about.contains('\n'), "{} description is not one line", sub.get_name());
+        }
+    }
+}
