@@ -34,13 +34,13 @@ use crate::duration::Duration;
     status = "AutoCraneDeploymentStatus",
     derive = "PartialEq",
     doc = "AutoCraneDeployment runs a set of identical pods and ships new app and data versions to them safely: in steps gated on watchdogs, with automatic rollback and restarts within a failing limit.",
-    printcolumn(name = "Desired", type_ = "integer", json_path = ".spec.replicas", description = "Desired number of pods"),
-    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas", description = "Pods that are Ready"),
-    printcolumn(name = "Healthy", type_ = "integer", json_path = ".status.healthyReplicas", description = "Ready pods whose watchdog rollup is not error"),
-    printcolumn(name = "Current", type_ = "string", json_path = ".status.currentVersion", description = "App version running on the stable pods"),
-    printcolumn(name = "Target", type_ = "string", json_path = ".status.targetVersion", description = "App version being rolled out"),
-    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase", description = "Rollout phase"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    printcolumn = r#"{"name":"Desired","type":"integer","jsonPath":".spec.replicas","description":"Desired number of pods"}"#,
+    printcolumn = r#"{"name":"Ready","type":"integer","jsonPath":".status.readyReplicas","description":"Pods that are Ready"}"#,
+    printcolumn = r#"{"name":"Healthy","type":"integer","jsonPath":".status.healthyReplicas","description":"Ready pods whose watchdog rollup is not error"}"#,
+    printcolumn = r#"{"name":"Current","type":"string","jsonPath":".status.currentVersion","description":"App version running on the stable pods"}"#,
+    printcolumn = r#"{"name":"Target","type":"string","jsonPath":".status.targetVersion","description":"App version being rolled out"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase","description":"Rollout phase"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     scale(
         spec_replicas_path = ".spec.replicas",
         status_replicas_path = ".status.replicas",
@@ -106,7 +106,10 @@ pub struct AppVersion {
 pub struct DataSource {
     /// The source name, a DNS-1123 label; it names the `data.autocrane.io/<name>` annotation and
     /// the `data-<name>` watchdog.
-    #[schemars(length(min = 1, max = 57), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 57),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub name: String,
 
     /// Where the versions come from.
@@ -575,7 +578,8 @@ mod yaml {
                 // Quote anything YAML could read as another type or as syntax; JSON string
                 // escaping is valid in double-quoted YAML.
                 let plain = !s.is_empty()
-                    && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./ ".contains(c))
+                    && s.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-_./ ".contains(c))
                     && !s.starts_with([' ', '-', '.'])
                     && !s.ends_with(' ')
                     && s.parse::<f64>().is_err()
@@ -621,9 +625,18 @@ fn conditions_schema(generator: &mut SchemaGenerator) -> Schema {
 
 fn default_steps() -> Vec<RolloutStep> {
     vec![
-        RolloutStep { percent: 25, bake: Duration::from_mins(2) },
-        RolloutStep { percent: 50, bake: Duration::from_mins(2) },
-        RolloutStep { percent: 100, bake: Duration::from_secs(0) },
+        RolloutStep {
+            percent: 25,
+            bake: Duration::from_mins(2),
+        },
+        RolloutStep {
+            percent: 50,
+            bake: Duration::from_mins(2),
+        },
+        RolloutStep {
+            percent: 100,
+            bake: Duration::from_secs(0),
+        },
     ]
 }
 fn default_quarter() -> IntOrString {
@@ -692,8 +705,14 @@ impl Default for FailingLimit {
 /// Labels AutoCrane puts on every pod of a deployment, beside the template's own.
 pub fn pod_labels(deployment: &str, revision: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
-        (crate::keys::DEPLOYMENT_LABEL.to_string(), deployment.to_string()),
-        (crate::keys::REVISION_LABEL.to_string(), revision.to_string()),
+        (
+            crate::keys::DEPLOYMENT_LABEL.to_string(),
+            deployment.to_string(),
+        ),
+        (
+            crate::keys::REVISION_LABEL.to_string(),
+            revision.to_string(),
+        ),
     ])
 }
 
@@ -721,7 +740,12 @@ mod tests {
             .iter()
             .map(|c| c["name"].as_str().unwrap())
             .collect();
-        assert_eq!(columns, ["Desired", "Ready", "Healthy", "Current", "Target", "Phase", "Age"]);
+        assert_eq!(
+            columns,
+            [
+                "Desired", "Ready", "Healthy", "Current", "Target", "Phase", "Age"
+            ]
+        );
     }
 
     #[test]

@@ -155,7 +155,17 @@ mod tests {
 
     #[test]
     fn rejects_what_the_schema_pattern_rejects() {
-        for bad in ["", "5", "m5", "5 m", "1.5h", "-5s", "5d", "1h30", "1234567890s"] {
+        for bad in [
+            "",
+            "5",
+            "m5",
+            "5 m",
+            "1.5h",
+            "-5s",
+            "5d",
+            "1h30",
+            "1234567890s",
+        ] {
             assert!(parse(bad).is_err(), "{bad:?} should be rejected");
         }
     }
@@ -168,7 +178,12 @@ mod tests {
 
     #[test]
     fn display_is_canonical_and_round_trips() {
-        for (text, canonical) in [("90s", "1m30s"), ("1h0m", "1h"), ("1500ms", "1s500ms"), ("0m", "0s")] {
+        for (text, canonical) in [
+            ("90s", "1m30s"),
+            ("1h0m", "1h"),
+            ("1500ms", "1s500ms"),
+            ("0m", "0s"),
+        ] {
             let value: Duration = text.parse().unwrap();
             assert_eq!(value.to_string(), canonical);
             assert_eq!(canonical.parse::<Duration>().unwrap(), value);

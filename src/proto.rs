@@ -4,7 +4,12 @@
 //! generated code refers to other packages by relative paths.
 
 /// The generated packages.
-#[allow(missing_docs, clippy::all, clippy::pedantic, missing_debug_implementations)]
+#[allow(
+    missing_docs,
+    clippy::all,
+    clippy::pedantic,
+    missing_debug_implementations
+)]
 pub mod autocrane {
     /// `autocrane.watchdog.v1`: post, read and watch pod watchdogs.
     pub mod watchdog {
@@ -63,7 +68,10 @@ mod tests {
             })
             .collect();
         for name in SERVICE_NAMES {
-            assert!(services.contains(&name.to_string()), "{name} missing from {services:?}");
+            assert!(
+                services.contains(&name.to_string()),
+                "{name} missing from {services:?}"
+            );
         }
     }
 }

@@ -1,2 +1,191 @@
-//! Test support for AutoCrane's end-to-end tests: helpers that locate and start the real binaries
-//! and the real third-party tools the tests run against.
+//! Test support for AutoCrane's end-to-end tests: locating the workspace, the real binaries and the
+//! real third-party tools (installed by `scripts/install-test-tools.sh`), and running processes
+//! that are killed when the test ends.
+//!
+//! A missing tool is a test failure with a message saying how to install it, never a skip.
+
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex, mpsc},
+    time::Duration,
+};
+
+/// The workspace root (the directory holding `proto/`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("integration-tests lives in the workspace")
+        .to_path_buf()
+}
+
+/// A third-party tool installed by `scripts/install-test-tools.sh`; panics with instructions when
+/// it is missing.
+pub fn tool(name: &str) -> PathBuf {
+    let root = workspace_root();
+    let path = match name {
+        "grpcurl" | "python" => root.join(".venv/bin").join(name),
+        "buf" => root.join(".tools/node_modules/.bin/buf"),
+        other => panic!("unknown tool {other}"),
+    };
+    assert!(
+        path.exists(),
+        "{name} is missing at {}: run scripts/install-test-tools.sh (the README's test command does)",
+        path.display()
+    );
+    path
+}
+
+/// A program on PATH (for example `kubectl`, `git`); panics when it is missing.
+pub fn system_tool(name: &str) -> PathBuf {
+    let paths = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&paths)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| panic!("{name} is not on PATH: run scripts/install-test-tools.sh"))
+}
+
+/// A child process killed (SIGKILL) and reaped when dropped, whose stderr is collected and echoed
+/// to the test's output.
+#[derive(Debug)]
+pub struct Running {
+    child: Child,
+    stderr: Arc<Mutex<Vec<String>>>,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Running {
+    /// Starts `command` with stderr captured (stdout inherited).
+    pub fn spawn(mut command: Command) -> Self {
+        command.stderr(Stdio::piped()).stdin(Stdio::null());
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|err| panic!("starting {command:?}: {err}"));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let (sender, lines) = mpsc::channel();
+        let pipe = child.stderr.take().expect("stderr is piped");
+        let collected = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                eprintln!("    | {line}");
+                collected.lock().expect("stderr buffer").push(line.clone());
+                let _ = sender.send(line);
+            }
+        });
+        Self {
+            child,
+            stderr,
+            lines,
+        }
+    }
+
+    /// Waits for a stderr line containing `needle` and returns it.
+    pub fn wait_for_line(&self, needle: &str, timeout: Duration) -> String {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => panic!(
+                    "no stderr line containing {needle:?} within {timeout:?}; stderr so far:\n{}",
+                    self.stderr_text()
+                ),
+            }
+        }
+    }
+
+    /// Waits for the runtime's "gRPC server listening address=…" line and returns the address.
+    pub fn grpc_address(&self) -> SocketAddr {
+        let line = self.wait_for_line("gRPC server listening", Duration::from_secs(30));
+        field(&line, "address")
+            .parse()
+            .unwrap_or_else(|err| panic!("bad address in {line:?}: {err}"))
+    }
+
+    /// Waits for the admin listener's line and returns its address.
+    pub fn admin_address(&self) -> SocketAddr {
+        let line = self.wait_for_line("Admin listener serving", Duration::from_secs(30));
+        field(&line, "address")
+            .parse()
+            .unwrap_or_else(|err| panic!("bad address in {line:?}: {err}"))
+    }
+
+    /// Everything the process wrote to stderr so far.
+    pub fn stderr_text(&self) -> String {
+        self.stderr.lock().expect("stderr buffer").join("\n")
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits up to `timeout` for the exit status.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + timeout;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The value of `key=value` in a log line (values end at whitespace).
+pub fn field<'a>(line: &'a str, key: &str) -> &'a str {
+    let marker = format!("{key}=");
+    let start = line
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
+        + marker.len();
+    line[start..].split_whitespace().next().unwrap_or_default()
+}
+
+/// Runs a command to completion and returns (success, stdout, stderr).
+pub fn run(command: &mut Command) -> (bool, String, String) {
+    let output = command
+        .output()
+        .unwrap_or_else(|err| panic!("running {command:?}: {err}"));
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// The `autocrane` binary of this workspace, built (incrementally) on first use.
+pub fn autocrane_bin() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["build", "--quiet", "-p", "autocrane"])
+                .current_dir(workspace_root())
+                .status()
+                .expect("running cargo build -p autocrane");
+            assert!(status.success(), "cargo build -p autocrane failed");
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| workspace_root().join("target"));
+            let bin = target.join("debug/autocrane");
+            assert!(bin.exists(), "{} missing after build", bin.display());
+            bin
+        })
+        .clone()
+}

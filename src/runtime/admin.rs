@@ -258,7 +258,10 @@ mod tests {
             method_label("/autocrane.watchdog.v1.WatchdogListener/PostWatchdog"),
             "autocrane.watchdog.v1.WatchdogListener/PostWatchdog"
         );
-        assert_eq!(method_label("/grpc.health.v1.Health/Check"), "grpc.health.v1.Health/Check");
+        assert_eq!(
+            method_label("/grpc.health.v1.Health/Check"),
+            "grpc.health.v1.Health/Check"
+        );
         assert_eq!(method_label("/evil.Scanner/Probe1"), "other");
         assert_eq!(method_label("/autocrane.x/a/b/c"), "other");
     }

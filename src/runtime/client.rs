@@ -38,7 +38,10 @@ pub fn channel(url: &str, tls_args: &ClientTlsArgs) -> Result<AutoCraneChannel, 
 }
 
 /// A channel to `url`, connected before returning (fails fast when the server is unreachable).
-pub async fn connect(url: &str, tls_args: &ClientTlsArgs) -> Result<AutoCraneChannel, RuntimeError> {
+pub async fn connect(
+    url: &str,
+    tls_args: &ClientTlsArgs,
+) -> Result<AutoCraneChannel, RuntimeError> {
     let endpoint = endpoint(url, tls_args)?;
     let channel = endpoint
         .connect()

@@ -234,8 +234,7 @@ impl GrpcServer {
                 .await;
             tracing::info!("gRPC server draining");
         };
-        let serving =
-            router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+        let serving = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
         let drain_deadline = async {
             shutdown.wait().await;
             tokio::time::sleep(DRAIN_TIMEOUT).await;

@@ -91,7 +91,10 @@ mod tests {
         assert!(!shutdown.is_triggered());
         let waiter = tokio::spawn(async move { other.wait().await });
         trigger.trigger();
-        tokio::time::timeout(Duration::from_secs(1), waiter).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(1), waiter)
+            .await
+            .unwrap()
+            .unwrap();
         assert!(shutdown.is_triggered());
     }
 

@@ -8,8 +8,7 @@
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::{
-    Resource, propagation::TraceContextPropagator, runtime::Tokio,
-    trace::SdkTracerProvider,
+    Resource, propagation::TraceContextPropagator, runtime::Tokio, trace::SdkTracerProvider,
     trace::span_processor_with_async_runtime::BatchSpanProcessor,
 };
 use tracing_subscriber::{EnvFilter, Layer, layer::SubscriberExt, util::SubscriberInitExt};
@@ -49,9 +48,22 @@ impl TelemetryGuard {
     }
 }
 
-/// Installs logging and tracing for a process named `service_name`. Must be called inside a tokio
-/// runtime when OTLP export is on. Calling it twice keeps the first subscriber.
+/// Installs logging and tracing for a process named `service_name`, exporting spans over OTLP when
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` is set. Must be called inside a tokio runtime when OTLP export is
+/// on. Calling it twice keeps the first subscriber.
 pub fn init(service_name: &str, args: &TelemetryArgs) -> Result<TelemetryGuard, RuntimeError> {
+    let endpoint = std::env::var(OTLP_ENDPOINT_ENV)
+        .ok()
+        .filter(|value| !value.is_empty());
+    init_with_otlp(service_name, args, endpoint.as_deref())
+}
+
+/// Like [`init`], with the OTLP endpoint given explicitly (`None`: no export).
+pub fn init_with_otlp(
+    service_name: &str,
+    args: &TelemetryArgs,
+    endpoint: Option<&str>,
+) -> Result<TelemetryGuard, RuntimeError> {
     let TelemetryArgs { log, log_format } = args;
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
 
@@ -70,12 +82,9 @@ pub fn init(service_name: &str, args: &TelemetryArgs) -> Result<TelemetryGuard, 
             .boxed(),
     };
 
-    let endpoint = std::env::var(OTLP_ENDPOINT_ENV)
-        .ok()
-        .filter(|value| !value.is_empty());
     let (otel_layer, provider) = match endpoint {
         Some(endpoint) => {
-            let provider = otlp_provider(service_name, &endpoint)?;
+            let provider = otlp_provider(service_name, endpoint)?;
             let tracer = provider.tracer(service_name.to_string());
             (
                 Some(tracing_opentelemetry::layer().with_tracer(tracer)),

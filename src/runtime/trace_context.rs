@@ -129,15 +129,17 @@ mod tests {
 
     #[test]
     fn traceparent_round_trips_through_headers() {
+        use opentelemetry::propagation::TextMapPropagator;
         use opentelemetry::trace::TraceContextExt;
         use opentelemetry_sdk::propagation::TraceContextPropagator;
-        use opentelemetry::propagation::TextMapPropagator;
 
         let propagator = TraceContextPropagator::new();
         let mut headers = http::HeaderMap::new();
         headers.insert(
             "traceparent",
-            http::HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            http::HeaderValue::from_static(
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ),
         );
         let context = propagator.extract(&HeaderExtractor(&headers));
         let span_context = context.span().span_context().clone();

@@ -73,7 +73,10 @@ impl<S> Default for Watched<S> {
 
 /// Whether a status means retrying the same request cannot succeed.
 pub fn is_terminal(status: &Status) -> bool {
-    matches!(status.code(), Code::InvalidArgument | Code::FailedPrecondition)
+    matches!(
+        status.code(),
+        Code::InvalidArgument | Code::FailedPrecondition
+    )
 }
 
 /// A running watch; dropping it stops the task.
@@ -128,7 +131,11 @@ impl<S: Clone + Send + Sync + 'static> WatchClient<S> {
                             w.connected = true;
                             w.connections += 1;
                         });
-                        tracing::debug!(watch = name, resume = token.is_some(), "Watch stream open");
+                        tracing::debug!(
+                            watch = name,
+                            resume = token.is_some(),
+                            "Watch stream open"
+                        );
                         loop {
                             let next = tokio::select! {
                                 next = stream.message() => next,
@@ -143,7 +150,10 @@ impl<S: Clone + Send + Sync + 'static> WatchClient<S> {
                                     sender.send_modify(|w| fold(&mut w.state, message));
                                 }
                                 Ok(None) => {
-                                    tracing::info!(watch = name, "Watch stream ended by the server; reconnecting");
+                                    tracing::info!(
+                                        watch = name,
+                                        "Watch stream ended by the server; reconnecting"
+                                    );
                                     break;
                                 }
                                 Err(status) if is_terminal(&status) => {
@@ -198,10 +208,7 @@ impl<S: Clone + Send + Sync + 'static> WatchClient<S> {
     }
 
     /// Waits until `predicate` holds for the watched state (or the watch ended terminally).
-    pub async fn wait_until(
-        &self,
-        mut predicate: impl FnMut(&S) -> bool,
-    ) -> Result<S, Status> {
+    pub async fn wait_until(&self, mut predicate: impl FnMut(&S) -> bool) -> Result<S, Status> {
         let mut receiver = self.receiver.clone();
         let watched = receiver
             .wait_for(|w| w.terminal.is_some() || w.state.as_ref().is_some_and(&mut predicate))

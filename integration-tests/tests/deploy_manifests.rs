@@ -1,0 +1,78 @@
+//! The install manifests in `deploy/` parse as Kubernetes objects and grant least privilege: no
+//! wildcard verbs, resources or groups, no access to secrets, and no token for components that do
+//! not talk to Kubernetes.
+
+use autocrane_integration_tests::workspace_root;
+
+fn documents(file: &str) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(workspace_root().join("deploy").join(file)).unwrap();
+    text.split("\n---")
+        .map(|doc| parse_yaml(doc))
+        .filter(|value: &serde_json::Value| !value.is_null())
+        .collect()
+}
+
+fn parse_yaml(doc: &str) -> serde_json::Value {
+    serde_yaml::from_str(doc).unwrap_or_else(|err| panic!("invalid YAML document: {err}\n{doc}"))
+}
+
+#[test]
+fn rbac_grants_no_wildcards_and_no_secrets() {
+    let docs = documents("rbac.yaml");
+    let roles: Vec<&serde_json::Value> = docs
+        .iter()
+        .filter(|d| d["kind"] == "ClusterRole" || d["kind"] == "Role")
+        .collect();
+    assert!(
+        roles.len() >= 4,
+        "expected the component roles, found {}",
+        roles.len()
+    );
+    for role in roles {
+        let name = role["metadata"]["name"].as_str().unwrap();
+        for rule in role["rules"].as_array().unwrap() {
+            for key in ["verbs", "resources", "apiGroups"] {
+                let values = rule[key]
+                    .as_array()
+                    .unwrap_or_else(|| panic!("{name}: rule without {key}"));
+                assert!(
+                    values.iter().all(|v| v != "*"),
+                    "{name} grants a wildcard in {key}"
+                );
+            }
+            assert!(
+                rule["resources"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|r| r != "secrets"),
+                "{name} may touch secrets"
+            );
+        }
+    }
+}
+
+#[test]
+fn components_without_kubernetes_access_mount_no_token() {
+    let docs = documents("rbac.yaml");
+    for account in ["autocrane-version-watcher", "autocrane-data-repository"] {
+        let sa = docs
+            .iter()
+            .find(|d| d["kind"] == "ServiceAccount" && d["metadata"]["name"] == account)
+            .unwrap_or_else(|| panic!("{account} missing"));
+        assert_eq!(sa["automountServiceAccountToken"], false, "{account}");
+    }
+}
+
+#[test]
+fn every_role_is_bound_to_its_service_account() {
+    let docs = documents("rbac.yaml");
+    for role in ["autocrane-controller", "autocrane-watchdog-listener"] {
+        let binding = docs
+            .iter()
+            .find(|d| d["kind"] == "ClusterRoleBinding" && d["roleRef"]["name"] == role)
+            .unwrap_or_else(|| panic!("{role} is not bound"));
+        assert_eq!(binding["subjects"][0]["name"], role);
+        assert_eq!(binding["subjects"][0]["namespace"], "autocrane-system");
+    }
+}
