@@ -7,7 +7,7 @@ use autocrane_integration_tests::workspace_root;
 fn documents(file: &str) -> Vec<serde_json::Value> {
     let text = std::fs::read_to_string(workspace_root().join("deploy").join(file)).unwrap();
     text.split("\n---")
-        .map(|doc| parse_yaml(doc))
+        .map(parse_yaml)
         .filter(|value: &serde_json::Value| !value.is_null())
         .collect()
 }

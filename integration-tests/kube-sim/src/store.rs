@@ -68,6 +68,8 @@ pub struct Store {
     pub types_gen: u64,
     /// Issued tokens.
     pub tokens: HashMap<String, TokenInfo>,
+    /// Pods in graceful deletion that the emulated kubelet must remove: (ns, name, uid).
+    pub pending_pods: Vec<(String, String, String)>,
 }
 
 /// Store key of CRDs.
@@ -87,6 +89,7 @@ impl Store {
             types: resources::builtins(),
             types_gen: 1,
             tokens: HashMap::new(),
+            pending_pods: Vec::new(),
         }
     }
 

@@ -31,6 +31,10 @@ pub struct Cli {
 enum Command {
     /// Run the WatchdogListener gRPC server (post, read and watch pod watchdogs).
     WatchdogListener(autocrane_watchdog_listener::Args),
+    /// Post, get, list, delete and watch pod watchdogs through a WatchdogListener.
+    Watchdog(autocrane_watchdog_listener::cli::WatchdogArgs),
+    /// Run the HTTP prober that posts `probe.autocrane.io/<name>` results as watchdogs.
+    WatchdogProber(autocrane_watchdog_listener::ProberProcessArgs),
     /// Run the VersionWatcher gRPC server (discover upstream versions and stream them).
     VersionWatcher(autocrane_version_watcher::Args),
     /// Run the DataRepository gRPC server (store data versions and stream them to pods).
@@ -79,6 +83,8 @@ impl Command {
     fn service_name(&self) -> &'static str {
         match self {
             Command::WatchdogListener(_) => "watchdog-listener",
+            Command::Watchdog(_) => "watchdog",
+            Command::WatchdogProber(_) => "watchdog-prober",
             Command::VersionWatcher(_) => "version-watcher",
             Command::DataRepository(_) => "data-repository",
             Command::DataDeployer(_) => "data-deployer",
@@ -92,8 +98,12 @@ impl Command {
             Command::WatchdogListener(args) => {
                 autocrane_watchdog_listener::run(args, process()).await?
             }
-            Command::VersionWatcher(args) => autocrane_version_watcher::run(args, process()).await?,
-            Command::DataRepository(args) => autocrane_data_repository::run(args, process()).await?,
+            Command::VersionWatcher(args) => {
+                autocrane_version_watcher::run(args, process()).await?
+            }
+            Command::DataRepository(args) => {
+                autocrane_data_repository::run(args, process()).await?
+            }
             Command::DataDeployer(args) => autocrane_data_deployer::run(args).await?,
             Command::Crd => print!("{}", AutoCraneDeployment::crd_yaml()),
         }
@@ -117,7 +127,11 @@ mod tests {
         for sub in command.get_subcommands() {
             let about = sub.get_about().map(|a| a.to_string()).unwrap_or_default();
             assert!(!about.is_empty(), "{} has no description", sub.get_name());
-            assert!(!about.contains('\n'), "{} description is not one line", sub.get_name());
+            assert!(
+                !about.contains('\n'),
+                "{} description is not one line",
+                sub.get_name()
+            );
         }
     }
 }

@@ -1,14 +1,33 @@
 //! # VersionWatcher
 //!
-//! Discovers new versions of upstream sources (OCI registries, git, HTTP, directories) and streams them (`autocrane.version.v1`).
+//! Discovers new versions of upstream sources (OCI registries, git, HTTP, directories) and streams
+//! them (`autocrane.version.v1`).
 //!
-//! Status: the gRPC service is served with the shared runtime (health, reflection, limits, TLS,
-//! tracing, graceful shutdown), but its RPCs are not implemented yet and answer UNIMPLEMENTED;
-//! issue #6 implements them.
+//! Data flow: a client sends a source spec → [`spec`] validates and canonicalises it into a stable
+//! id → [`hub`] starts one prober per source (shared by every watcher of it) → the prober asks
+//! [`upstream`] for the versions, on its poll interval, on a `Probe` call, or when [`webhook`]
+//! receives a push → [`state`] turns the listing into events, choosing the current version with
+//! [`policy`] and skipping quarantined ones → [`store`] persists the source → the change is
+//! broadcast to the `WatchVersions` streams of [`grpc`].
+//!
+//! The sans-IO core is `spec`, `policy`, `state` and `schedule`; `upstream`, `store` and `webhook`
+//! do I/O; `grpc` is the only tonic module; this file wires them.
+
+pub mod grpc;
+pub mod hub;
+pub mod policy;
+pub mod schedule;
+pub mod spec;
+pub mod state;
+pub mod store;
+pub mod upstream;
+pub mod webhook;
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use autocrane_api::{
-    proto::version_v1::version_watcher_server::{VersionWatcher, VersionWatcherServer},
-    runtime::{RuntimeError, args::ServerArgs, process::Process, server::GrpcServer},
+    proto::version_v1::version_watcher_server::VersionWatcherServer,
+    runtime::{RuntimeError, args::{OptionalAddr, ServerArgs}, process::Process, server::GrpcServer},
 };
 
 /// Flags of `autocrane version-watcher`.
@@ -17,6 +36,48 @@ pub struct Args {
     /// Where and how the gRPC server listens.
     #[command(flatten)]
     pub server: ServerArgs,
+
+    /// Directory for persisted state: sources, seen versions, quarantines, resume positions.
+    #[arg(long, env = "AUTOCRANE_STATE_DIR", default_value = "/var/lib/autocrane/version-watcher")]
+    pub state_dir: PathBuf,
+
+    /// Address of the webhook listener (registry notifications at POST /notifications, and
+    /// POST /hooks/<source_id>); `off` disables it.
+    #[arg(long, env = "AUTOCRANE_WEBHOOK_LISTEN", default_value = "127.0.0.1:7071", value_parser = parse_optional_addr)]
+    pub webhook_listen: OptionalAddr,
+
+    /// Bearer token the webhook requires (`Authorization: Bearer <token>`); unset accepts any caller.
+    #[arg(long, env = "AUTOCRANE_WEBHOOK_TOKEN", hide_env_values = true)]
+    pub webhook_token: Option<String>,
+
+    /// Registry credentials, a docker config.json (`{"auths": {"host": {"auth": "…"}}}`).
+    #[arg(long, env = "AUTOCRANE_REGISTRY_CREDENTIALS")]
+    pub registry_credentials: Option<PathBuf>,
+
+    /// Requests per second to one upstream host (registry, git server, HTTP server).
+    #[arg(long, env = "AUTOCRANE_UPSTREAM_RATE", default_value_t = 20.0)]
+    pub upstream_rate: f64,
+
+    /// Requests to one upstream host allowed in a burst above the rate.
+    #[arg(long, env = "AUTOCRANE_UPSTREAM_BURST", default_value_t = 50)]
+    pub upstream_burst: u32,
+
+    /// Timeout of one upstream request, in seconds.
+    #[arg(long, env = "AUTOCRANE_UPSTREAM_TIMEOUT_SECS", default_value_t = 10)]
+    pub upstream_timeout_secs: u64,
+
+    /// Timeout of one whole probe (all its requests), in seconds.
+    #[arg(long, env = "AUTOCRANE_PROBE_TIMEOUT_SECS", default_value_t = 60)]
+    pub probe_timeout_secs: u64,
+}
+
+fn parse_optional_addr(text: &str) -> Result<OptionalAddr, String> {
+    if text.eq_ignore_ascii_case("off") {
+        return Ok(OptionalAddr(None));
+    }
+    text.parse::<SocketAddr>()
+        .map(|addr| OptionalAddr(Some(addr)))
+        .map_err(|err| format!("expected HOST:PORT or `off`: {err}"))
 }
 
 /// Errors of the component.
@@ -25,20 +86,88 @@ pub enum Error {
     /// The gRPC server could not start or failed.
     #[error("serving the VersionWatcher API")]
     Serve(#[source] RuntimeError),
+    /// The state directory could not be opened or read.
+    #[error("opening the state directory")]
+    OpenState(#[source] store::StoreError),
+    /// The registry credentials could not be read.
+    #[error("loading registry credentials")]
+    LoadCredentials(#[source] upstream::oci::CredentialsError),
+    /// The webhook listener could not bind.
+    #[error("binding the webhook listener on {addr}")]
+    BindWebhook {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
 }
-
-/// The service; every RPC currently answers UNIMPLEMENTED (generated default stubs).
-#[derive(Clone, Debug, Default)]
-pub struct Service;
-
-#[tonic::async_trait]
-impl VersionWatcher for Service {}
 
 /// Runs the component until the process shuts down.
 pub async fn run(args: Args, process: Process) -> Result<(), Error> {
-    let Args { server } = args;
+    let Args {
+        server,
+        state_dir,
+        webhook_listen,
+        webhook_token,
+        registry_credentials,
+        upstream_rate,
+        upstream_burst,
+        upstream_timeout_secs,
+        probe_timeout_secs,
+    } = args;
+    let auth = match &registry_credentials {
+        Some(path) => upstream::oci::Auth::from_docker_config(path).map_err(Error::LoadCredentials)?,
+        None => upstream::oci::Auth::anonymous(),
+    };
+    let upstreams = upstream::Upstreams::new(
+        Arc::new(upstream::RateLimiter::new(upstream_rate, upstream_burst)),
+        Arc::new(auth),
+        Duration::from_secs(upstream_timeout_secs.max(1)),
+    );
+    let store = store::Store::open(&state_dir).map_err(Error::OpenState)?;
+    let metrics = hub::Metrics::register(&process.registry);
+    let hub = hub::Hub::start(
+        store,
+        upstreams,
+        process.shutdown.clone(),
+        metrics,
+        hub::HubConfig {
+            probe_timeout: Duration::from_secs(probe_timeout_secs.max(1)),
+        },
+    )
+    .map_err(Error::OpenState)?;
+    if let OptionalAddr(Some(addr)) = webhook_listen {
+        let (_, serve) = webhook::bind(addr, hub.clone(), webhook_token)
+            .await
+            .map_err(|source| Error::BindWebhook { addr, source })?;
+        tokio::spawn(serve);
+    }
     let grpc = GrpcServer::new(&server)
         .map_err(Error::Serve)?
-        .add_service(VersionWatcherServer::new(Service));
+        .add_service(VersionWatcherServer::new(grpc::Service::new(hub)));
     process.serve(&server, grpc).await.map_err(Error::Serve)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+
+    #[derive(Parser, Debug)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    #[test]
+    fn flags_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn webhook_can_be_turned_off() {
+        let cli = Cli::try_parse_from(["x", "--webhook-listen", "off", "--state-dir", "/tmp/x"]).unwrap();
+        assert_eq!(cli.args.webhook_listen, OptionalAddr(None));
+    }
 }
