@@ -276,3 +276,40 @@ async fn keeps_retrying_while_the_server_is_down_and_connects_when_it_comes_up()
         .unwrap();
     assert_eq!(first, vec!["snapshot-7"]);
 }
+
+#[tokio::test]
+async fn shutdown_ends_open_streams_and_the_server_stops_promptly() {
+    let tokens = Arc::new(Mutex::new(Vec::new()));
+    let (service, _updates) = scripted(3, &tokens);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, shutdown) = Shutdown::new();
+    let grpc = GrpcServer::new(&ServerArgs::local(addr))
+        .unwrap()
+        .add_service(VersionWatcherServer::new(service));
+    let server = tokio::spawn(grpc.serve_with_listener(listener, shutdown));
+
+    let channel = client::connect(&format!("http://{addr}"), &ClientTlsArgs::default())
+        .await
+        .unwrap();
+    let mut stream = VersionWatcherClient::new(channel)
+        .watch_versions(WatchVersionsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.message().await.unwrap().expect("the snapshot");
+    assert!(first.snapshot);
+
+    let started = std::time::Instant::now();
+    stop.trigger();
+    let end = tokio::time::timeout(Duration::from_secs(3), stream.message())
+        .await
+        .expect("the open stream ends soon after shutdown");
+    assert!(matches!(end, Ok(None)), "ended with OK, got {end:?}");
+    tokio::time::timeout(Duration::from_secs(3), server)
+        .await
+        .expect("the server stops well before the drain timeout")
+        .unwrap()
+        .unwrap();
+    assert!(started.elapsed() < autocrane_api::runtime::server::DRAIN_TIMEOUT / 2);
+}

@@ -17,6 +17,7 @@ pub mod client;
 pub mod process;
 pub mod server;
 pub mod shutdown;
+pub mod stream_shutdown;
 pub mod telemetry;
 pub mod tls;
 pub mod trace_context;

@@ -5,7 +5,8 @@
 //! limit to every service, a default deadline for unary calls, a per-connection concurrency limit,
 //! optional TLS with optional client-certificate verification, a span per RPC whose parent is the
 //! caller's W3C trace context, per-method metrics, and graceful shutdown: on the signal the health
-//! status turns NOT_SERVING, the listener stops accepting, services end their streams, and
+//! status turns NOT_SERVING, the listener stops accepting, open response streams end with OK (see
+//! [`super::stream_shutdown`]; clients resume with their token), and
 //! in-flight calls get a bounded drain period.
 
 use std::{convert::Infallible, net::SocketAddr, time::Duration};
@@ -211,6 +212,9 @@ impl GrpcServer {
         let routes: Routes = routes.routes();
         let router = server
             .layer(super::admin::GrpcMetricsLayer::new(metrics))
+            .layer(super::stream_shutdown::StreamShutdownLayer::new(
+                shutdown.clone(),
+            ))
             .add_routes(routes);
         tracing::info!(
             address = %local,
