@@ -265,3 +265,30 @@ fn tls_flags_are_checked_before_serving() {
     assert!(!ok);
     assert!(stderr.contains("absent.pem"), "{stderr}");
 }
+
+#[test]
+fn json_logs_are_one_object_per_line_and_the_filter_applies() {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_autocrane-runtime-server"));
+    command
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .env("AUTOCRANE_LOG_FORMAT", "json")
+        .env("AUTOCRANE_LOG", "warn,autocrane_api::runtime::server=info");
+    let server = Running::spawn(command);
+    let line = server.wait_for_line("gRPC server listening", Duration::from_secs(30));
+    let event: serde_json::Value = serde_json::from_str(&line)
+        .unwrap_or_else(|err| panic!("not a JSON log line ({err}): {line}"));
+    assert_eq!(event["level"], "INFO");
+    assert_eq!(event["fields"]["message"], "gRPC server listening");
+    assert!(
+        event["fields"]["address"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:")
+    );
+    // The filter let the server's info line through but not the runtime's other info lines.
+    assert!(
+        !server.stderr_text().contains("Admin listener"),
+        "{}",
+        server.stderr_text()
+    );
+}
