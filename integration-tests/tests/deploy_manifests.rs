@@ -76,3 +76,37 @@ fn every_role_is_bound_to_its_service_account() {
         assert_eq!(binding["subjects"][0]["namespace"], "autocrane-system");
     }
 }
+
+#[test]
+fn components_run_hardened_with_probes_and_limits() {
+    let docs = documents("components.yaml");
+    let deployments: Vec<&serde_json::Value> =
+        docs.iter().filter(|d| d["kind"] == "Deployment").collect();
+    assert!(deployments.len() >= 3);
+    for deployment in deployments {
+        let name = deployment["metadata"]["name"].as_str().unwrap();
+        let pod = &deployment["spec"]["template"]["spec"];
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true, "{name}");
+        let account = pod["serviceAccountName"].as_str().unwrap();
+        assert_eq!(account, name, "{name} runs under its own ServiceAccount");
+        for container in pod["containers"].as_array().unwrap() {
+            assert!(
+                container["readinessProbe"]["grpc"]["port"].is_number(),
+                "{name}"
+            );
+            assert!(
+                container["resources"]["limits"]["memory"].is_string(),
+                "{name}"
+            );
+            let security = &container["securityContext"];
+            assert_eq!(security["allowPrivilegeEscalation"], false, "{name}");
+            assert_eq!(security["readOnlyRootFilesystem"], true, "{name}");
+            assert_eq!(security["capabilities"]["drop"][0], "ALL", "{name}");
+            let subcommand = container["args"][0].as_str().unwrap();
+            assert!(
+                name.ends_with(subcommand),
+                "{name} runs `autocrane {subcommand}`"
+            );
+        }
+    }
+}
