@@ -169,3 +169,50 @@ async fn reflection_v1_client_lists_the_services() {
         );
     }
 }
+
+#[tokio::test]
+async fn reflection_advertises_only_the_services_a_server_serves() {
+    use autocrane_api::{
+        proto::version_v1::version_watcher_server::{VersionWatcher, VersionWatcherServer},
+        runtime::{args::ServerArgs, server::GrpcServer, shutdown::Shutdown},
+    };
+
+    #[derive(Clone, Copy)]
+    struct Only;
+    #[tonic::async_trait]
+    impl VersionWatcher for Only {}
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let server = GrpcServer::new(&ServerArgs::local(address))
+        .unwrap()
+        .add_service(VersionWatcherServer::new(Only));
+    let (stop, shutdown) = Shutdown::new();
+    let serving = tokio::spawn(server.serve_with_listener(listener, shutdown));
+
+    let grpcurl = tool("grpcurl");
+    let address = address.to_string();
+    let listed = tokio::task::spawn_blocking(move || {
+        run(Command::new(grpcurl).args(["-plaintext", &address, "list"]))
+    })
+    .await
+    .unwrap();
+    let (ok, listed, stderr) = listed;
+    assert!(ok, "{stderr}");
+    let services: Vec<&str> = listed.lines().collect();
+    assert!(
+        services.contains(&"autocrane.version.v1.VersionWatcher"),
+        "{listed}"
+    );
+    assert!(services.contains(&"grpc.health.v1.Health"), "{listed}");
+    assert!(
+        !services.contains(&"autocrane.watchdog.v1.WatchdogListener"),
+        "{listed}"
+    );
+    assert!(
+        !services.contains(&"autocrane.data.v1.DataRepository"),
+        "{listed}"
+    );
+    stop.trigger();
+    serving.await.unwrap().unwrap();
+}

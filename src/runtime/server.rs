@@ -69,23 +69,12 @@ pub struct GrpcServer {
 }
 
 impl GrpcServer {
-    /// A server configured by `args`, already serving health and reflection.
+    /// A server configured by `args`, serving health now and reflection (of the services added)
+    /// once it serves.
     pub fn new(args: &ServerArgs) -> Result<Self, RuntimeError> {
         let (health, health_service) = tonic_health::server::health_reporter();
-        let reflection = || {
-            tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        };
-        let reflection_v1 = reflection().build_v1().map_err(RuntimeError::Reflection)?;
-        let reflection_v1alpha = reflection()
-            .build_v1alpha()
-            .map_err(RuntimeError::Reflection)?;
         let mut routes = RoutesBuilder::default();
-        routes
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha);
+        routes.add_service(health_service);
         Ok(Self {
             args: args.clone(),
             routes,
@@ -209,6 +198,11 @@ impl GrpcServer {
         }
         health.set_service_status("", ServingStatus::Serving).await;
 
+        let mut routes = routes;
+        let (reflection_v1, reflection_v1alpha) = reflection(&service_names)?;
+        routes
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha);
         let routes: Routes = routes.routes();
         let router = server
             .layer(super::admin::GrpcMetricsLayer::new(metrics))
@@ -250,4 +244,39 @@ impl GrpcServer {
         tracing::info!("gRPC server stopped");
         Ok(())
     }
+}
+
+/// Reflection v1 and v1alpha advertising exactly the services this server serves (plus health and
+/// reflection itself), so `grpcurl list` never offers a service that would answer UNIMPLEMENTED.
+fn reflection(
+    service_names: &[&'static str],
+) -> Result<
+    (
+        tonic_reflection::server::v1::ServerReflectionServer<
+            impl tonic_reflection::server::v1::ServerReflection,
+        >,
+        tonic_reflection::server::v1alpha::ServerReflectionServer<
+            impl tonic_reflection::server::v1alpha::ServerReflection,
+        >,
+    ),
+    RuntimeError,
+> {
+    let builder = || {
+        let mut builder = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name("grpc.health.v1.Health")
+            .with_service_name("grpc.reflection.v1.ServerReflection")
+            .with_service_name("grpc.reflection.v1alpha.ServerReflection");
+        for name in service_names {
+            builder = builder.with_service_name(*name);
+        }
+        builder
+    };
+    Ok((
+        builder().build_v1().map_err(RuntimeError::Reflection)?,
+        builder()
+            .build_v1alpha()
+            .map_err(RuntimeError::Reflection)?,
+    ))
 }
