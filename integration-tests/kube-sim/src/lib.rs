@@ -11,7 +11,10 @@
 //! ```
 
 pub mod auth;
+mod builtin;
+mod delete;
 pub mod faults;
+mod managed;
 pub mod patch;
 pub mod protobuf;
 pub mod resources;
@@ -19,13 +22,15 @@ pub mod selectors;
 pub mod server;
 pub mod status;
 pub mod store;
+mod subresources;
 pub mod table;
 pub mod tls;
 pub mod validate;
 pub mod verbs;
+mod watching;
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -65,6 +70,14 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// Reading or writing the snapshot failed.
+    #[error("snapshot {path}: {message}")]
+    Snapshot {
+        /// Path.
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
     /// A bootstrap write failed.
     #[error("bootstrapping {what} failed: {message}")]
     Bootstrap {
@@ -85,6 +98,7 @@ pub struct Builder {
     kubelet_delay: Option<Duration>,
     bookmark_interval: Duration,
     seed: u64,
+    snapshot: Option<PathBuf>,
 }
 
 impl Default for Builder {
@@ -97,6 +111,7 @@ impl Default for Builder {
             kubelet_delay: Some(Duration::from_millis(100)),
             bookmark_interval: Duration::from_secs(5),
             seed: 0,
+            snapshot: None,
         }
     }
 }
@@ -145,6 +160,13 @@ impl Builder {
         self
     }
 
+    /// Load state from this JSON file at start when it exists, and write it back on
+    /// `shutdown()` / drop.
+    pub fn snapshot(mut self, path: impl Into<PathBuf>) -> Self {
+        self.snapshot = Some(path.into());
+        self
+    }
+
     /// Bind the listeners, bootstrap the default objects and start serving.
     pub async fn start(self) -> Result<KubeSim, Error> {
         let store = Arc::new(Mutex::new(Store::new(self.history)));
@@ -162,42 +184,109 @@ impl Builder {
             kubelet_delay: self.kubelet_delay,
             bookmark_interval: self.bookmark_interval,
         });
-        bootstrap(&store)?;
-        let bind = |a: SocketAddr| async move { TcpListener::bind(a).await.map_err(|source| Error::Bind { addr: a.to_string(), source }) };
+        match self.snapshot.as_ref().and_then(|p| std::fs::read(p).ok()) {
+            Some(bytes) => {
+                let snap: serde_json::Value =
+                    serde_json::from_slice(&bytes).map_err(|e| Error::Snapshot {
+                        path: self
+                            .snapshot
+                            .clone()
+                            .unwrap_or_default()
+                            .display()
+                            .to_string(),
+                        message: e.to_string(),
+                    })?;
+                store.lock().expect("store").restore(&snap);
+            }
+            None => bootstrap(&store)?,
+        }
+        let bind = |a: SocketAddr| async move {
+            TcpListener::bind(a).await.map_err(|source| Error::Bind {
+                addr: a.to_string(),
+                source,
+            })
+        };
         let plain = bind(self.listen).await?;
         let secure = bind(self.https_listen).await?;
-        let addr = plain.local_addr().map_err(|source| Error::Bind { addr: self.listen.to_string(), source })?;
-        let https_addr = secure.local_addr().map_err(|source| Error::Bind { addr: self.https_listen.to_string(), source })?;
+        let addr = plain.local_addr().map_err(|source| Error::Bind {
+            addr: self.listen.to_string(),
+            source,
+        })?;
+        let https_addr = secure.local_addr().map_err(|source| Error::Bind {
+            addr: self.https_listen.to_string(),
+            source,
+        })?;
         *shared.server_addr.lock().expect("addr") = addr.to_string();
         let tls = tls::generate()?;
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
         tasks.spawn(serve(plain, None, shared.clone(), stop_rx.clone()));
-        tasks.spawn(serve(secure, Some(tokio_rustls::TlsAcceptor::from(tls.config.clone())), shared.clone(), stop_rx));
+        tasks.spawn(serve(
+            secure,
+            Some(tokio_rustls::TlsAcceptor::from(tls.config.clone())),
+            shared.clone(),
+            stop_rx,
+        ));
         tracing::info!(%addr, %https_addr, auth = self.auth, "Kube-sim serving");
-        Ok(KubeSim { addr, https_addr, ca_pem: tls.ca_pem, admin_token, auth: self.auth, shared, faults, stop_tx, tasks: Mutex::new(Some(tasks)) })
+        Ok(KubeSim {
+            addr,
+            https_addr,
+            ca_pem: tls.ca_pem,
+            admin_token,
+            auth: self.auth,
+            shared,
+            faults,
+            stop_tx,
+            tasks: Mutex::new(Some(tasks)),
+            snapshot: self.snapshot,
+        })
     }
 }
 
 fn bootstrap(store: &Arc<Mutex<Store>>) -> Result<(), Error> {
     let mut st = store.lock().expect("store");
     let types = resources::builtins();
-    let find = |k: &str| types.iter().find(|t| t.kind == k && (t.group.is_empty() || t.group.starts_with("rbac"))).expect("builtin");
+    let find = |k: &str| {
+        types
+            .iter()
+            .find(|t| t.kind == k && (t.group.is_empty() || t.group.starts_with("rbac")))
+            .expect("builtin")
+    };
     fn mk(rt: &resources::ResourceType) -> verbs::Ctx<'_> {
-        verbs::Ctx { rt, ns: String::new(), manager: "kube-apiserver".into(), manager_explicit: true, dry_run: false, field_validation: "Ignore".into() }
+        verbs::Ctx {
+            rt,
+            ns: String::new(),
+            manager: "kube-apiserver".into(),
+            manager_explicit: true,
+            dry_run: false,
+            field_validation: "Ignore".into(),
+        }
     }
     let ns_rt = find("Namespace");
     for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
-        verbs::create(&mut st, &mk(ns_rt), json!({"metadata": {"name": ns}})).map_err(|e| Error::Bootstrap { what: format!("namespace {ns}"), message: e.message })?;
+        verbs::create(&mut st, &mk(ns_rt), json!({"metadata": {"name": ns}})).map_err(|e| {
+            Error::Bootstrap {
+                what: format!("namespace {ns}"),
+                message: e.message,
+            }
+        })?;
     }
     for obj in auth::bootstrap_roles() {
         let rt = find(obj["kind"].as_str().unwrap_or_default());
-        verbs::create(&mut st, &mk(rt), obj).map_err(|e| Error::Bootstrap { what: "RBAC bootstrap".into(), message: e.message })?;
+        verbs::create(&mut st, &mk(rt), obj).map_err(|e| Error::Bootstrap {
+            what: "RBAC bootstrap".into(),
+            message: e.message,
+        })?;
     }
     Ok(())
 }
 
-async fn serve(listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+async fn serve(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut conns = JoinSet::new();
     loop {
         let accepted = tokio::select! {
@@ -239,6 +328,7 @@ pub struct KubeSim {
     faults: Faults,
     stop_tx: watch::Sender<bool>,
     tasks: Mutex<Option<JoinSet<()>>>,
+    snapshot: Option<PathBuf>,
 }
 
 impl KubeSim {
@@ -277,14 +367,19 @@ impl KubeSim {
         &self.faults
     }
 
-    /// The kubeconfig YAML: context `kube-sim` (plain HTTP, current) and `kube-sim-https`
-    /// (HTTPS with the CA), user `kube-sim-admin` (the admin token when auth is on).
+    /// The kubeconfig YAML: context `kube-sim` (plain HTTP) and `kube-sim-https` (HTTPS with the
+    /// CA), user `kube-sim-admin` (the admin token when auth is on). The current context is the
+    /// HTTPS one when auth is on, because client-go sends bearer tokens only over TLS.
     pub fn kubeconfig(&self) -> String {
         use base64::Engine;
         let ca = base64::engine::general_purpose::STANDARD.encode(&self.ca_pem);
-        let user = if self.auth { json!({"token": self.admin_token}) } else { json!({}) };
+        let user = if self.auth {
+            json!({"token": self.admin_token})
+        } else {
+            json!({})
+        };
         let cfg = json!({
-            "apiVersion": "v1", "kind": "Config", "current-context": "kube-sim", "preferences": {},
+            "apiVersion": "v1", "kind": "Config", "current-context": if self.auth { "kube-sim-https" } else { "kube-sim" }, "preferences": {},
             "clusters": [
                 {"name": "kube-sim", "cluster": {"server": self.url()}},
                 {"name": "kube-sim-https", "cluster": {"server": self.https_url(), "certificate-authority-data": ca}},
@@ -301,7 +396,10 @@ impl KubeSim {
     /// Write [`kubeconfig`](Self::kubeconfig) to a file.
     pub fn write_kubeconfig(&self, path: impl AsRef<Path>) -> Result<(), Error> {
         let p = path.as_ref();
-        std::fs::write(p, self.kubeconfig()).map_err(|source| Error::WriteKubeconfig { path: p.display().to_string(), source })
+        std::fs::write(p, self.kubeconfig()).map_err(|source| Error::WriteKubeconfig {
+            path: p.display().to_string(),
+            source,
+        })
     }
 
     /// A `kube::Client` for the administrator over plain HTTP.
@@ -326,11 +424,19 @@ impl KubeSim {
     ///
     /// # Panics
     /// If `bound_pod` names a pod that does not exist.
-    pub fn issue_token(&self, namespace: &str, service_account: &str, bound_pod: Option<&str>) -> String {
+    pub fn issue_token(
+        &self,
+        namespace: &str,
+        service_account: &str,
+        bound_pod: Option<&str>,
+    ) -> String {
         let mut st = self.shared.store.lock().expect("store");
         let types = resources::builtins();
         let ctx = |k: &str, ns: &str| verbs::Ctx {
-            rt: types.iter().find(|t| t.kind == k && t.group.is_empty()).expect("builtin"),
+            rt: types
+                .iter()
+                .find(|t| t.kind == k && t.group.is_empty())
+                .expect("builtin"),
             ns: ns.into(),
             manager: "kube-sim".into(),
             manager_explicit: true,
@@ -338,21 +444,47 @@ impl KubeSim {
             field_validation: "Ignore".into(),
         };
         if st.get("/namespaces", "", namespace).is_none() {
-            let _ = verbs::create(&mut st, &ctx("Namespace", ""), json!({"metadata": {"name": namespace}}));
+            let _ = verbs::create(
+                &mut st,
+                &ctx("Namespace", ""),
+                json!({"metadata": {"name": namespace}}),
+            );
         }
-        if st.get("/serviceaccounts", namespace, service_account).is_none() {
-            let _ = verbs::create(&mut st, &ctx("ServiceAccount", namespace), json!({"metadata": {"name": service_account}}));
+        if st
+            .get("/serviceaccounts", namespace, service_account)
+            .is_none()
+        {
+            let _ = verbs::create(
+                &mut st,
+                &ctx("ServiceAccount", namespace),
+                json!({"metadata": {"name": service_account}}),
+            );
         }
         let bound = bound_pod.map(|p| ("Pod".to_string(), p.to_string(), None));
-        match server::issue_token(&mut st, namespace, service_account, vec![], None, bound) {
+        match subresources::issue_token(&mut st, namespace, service_account, vec![], None, bound) {
             Ok((t, _)) => t,
-            Err(e) => panic!("kube-sim: issuing a token for {namespace}/{service_account} failed: {}", e.message),
+            Err(e) => panic!(
+                "kube-sim: issuing a token for {namespace}/{service_account} failed: {}",
+                e.message
+            ),
         }
     }
 
     /// The current global resourceVersion.
     pub fn resource_version(&self) -> u64 {
         self.shared.store.lock().expect("store").rv
+    }
+
+    /// Write the state to the snapshot file, if one was configured.
+    pub fn save_snapshot(&self) -> Result<(), Error> {
+        let Some(p) = &self.snapshot else {
+            return Ok(());
+        };
+        let snap = self.shared.store.lock().expect("store").snapshot();
+        std::fs::write(p, serde_json::to_vec(&snap).expect("json")).map_err(|e| Error::Snapshot {
+            path: p.display().to_string(),
+            message: e.to_string(),
+        })
     }
 
     /// Stop serving and wait for the listeners to close.
@@ -368,6 +500,9 @@ impl KubeSim {
 
 impl Drop for KubeSim {
     fn drop(&mut self) {
+        if let Err(e) = self.save_snapshot() {
+            tracing::warn!(error = %e, "Writing the snapshot failed");
+        }
         let _ = self.stop_tx.send(true);
         self.faults.close_watches();
     }

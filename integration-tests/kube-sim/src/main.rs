@@ -24,13 +24,32 @@ struct Args {
     /// Where to write the CA certificate (PEM).
     #[arg(long, env = "KUBE_SIM_CA_FILE")]
     ca_file: Option<PathBuf>,
+    /// Load state from this file at start (if present) and save it there on exit.
+    #[arg(long, env = "KUBE_SIM_SNAPSHOT")]
+    snapshot: Option<PathBuf>,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
-    let Args { listen, https_listen, kubeconfig, auth, ca_file } = Args::parse();
-    let sim = kube_sim::KubeSim::builder().auth(auth).listen(listen).https_listen(https_listen).start().await?;
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .init();
+    let Args {
+        listen,
+        https_listen,
+        kubeconfig,
+        auth,
+        ca_file,
+        snapshot,
+    } = Args::parse();
+    let mut builder = kube_sim::KubeSim::builder()
+        .auth(auth)
+        .listen(listen)
+        .https_listen(https_listen);
+    if let Some(p) = snapshot {
+        builder = builder.snapshot(p);
+    }
+    let sim = builder.start().await?;
     sim.write_kubeconfig(&kubeconfig)?;
     if let Some(p) = ca_file {
         std::fs::write(&p, sim.ca_pem())?;

@@ -8,14 +8,15 @@ use serde_json::{Map, Value};
 /// Merge key of a list field under strategic merge patch, by field name.
 fn merge_key(field: &str) -> Option<&'static str> {
     Some(match field {
-        "containers" | "initContainers" | "ephemeralContainers" | "volumes" | "env" | "imagePullSecrets"
-        | "containerStatuses" | "initContainerStatuses" | "readinessGates" => {
-            if field == "readinessGates" {
-                "conditionType"
-            } else {
-                "name"
-            }
-        }
+        "containers"
+        | "initContainers"
+        | "ephemeralContainers"
+        | "volumes"
+        | "env"
+        | "imagePullSecrets"
+        | "containerStatuses"
+        | "initContainerStatuses" => "name",
+        "readinessGates" => "conditionType",
         "volumeMounts" => "mountPath",
         "conditions" => "type",
         "ownerReferences" => "uid",
@@ -93,11 +94,24 @@ fn smp_list(cur: &mut Value, items: &[Value], key: &str) {
         *cur = Value::Array(vec![]);
     }
     let list = cur.as_array_mut().expect("array");
-    if items.iter().any(|i| i.get("$patch").and_then(Value::as_str) == Some("replace")) {
-        *list = items.iter().filter(|i| i.get("$patch").is_none()).cloned().collect();
+    if items
+        .iter()
+        .any(|i| i.get("$patch").and_then(Value::as_str) == Some("replace"))
+    {
+        *list = items
+            .iter()
+            .filter(|i| i.get("$patch").is_none())
+            .cloned()
+            .collect();
         return;
     }
     for item in items {
+        // Service ports merge by `port`, container ports by `containerPort`.
+        let key = if key == "containerPort" && item.get(key).is_none() {
+            "port"
+        } else {
+            key
+        };
         let Some(kv) = item.get(key) else {
             list.push(item.clone());
             continue;
@@ -126,7 +140,16 @@ fn ignored(path: &[String]) -> bool {
         [a] => a == "apiVersion" || a == "kind",
         [m, f, ..] if m == "metadata" => matches!(
             f.as_str(),
-            "name" | "namespace" | "uid" | "resourceVersion" | "generation" | "creationTimestamp" | "managedFields" | "deletionTimestamp" | "deletionGracePeriodSeconds" | "selfLink"
+            "name"
+                | "namespace"
+                | "uid"
+                | "resourceVersion"
+                | "generation"
+                | "creationTimestamp"
+                | "managedFields"
+                | "deletionTimestamp"
+                | "deletionGracePeriodSeconds"
+                | "selfLink"
         ),
         _ => false,
     }
@@ -147,7 +170,9 @@ fn walk(v: &Value, path: &mut Vec<String>, out: &mut FieldSet) {
         return;
     }
     match v {
-        Value::Object(m) if !m.is_empty() || path.is_empty() => {
+        // An empty map claims nothing (so `metadata: {}` does not own all of metadata).
+        Value::Object(m) if m.is_empty() => {}
+        Value::Object(m) => {
             for (k, c) in m {
                 path.push(k.clone());
                 walk(c, path, out);
@@ -163,7 +188,10 @@ fn walk(v: &Value, path: &mut Vec<String>, out: &mut FieldSet) {
 /// Leaf paths whose value differs between `old` and `new` (added, changed or removed).
 pub fn changed(old: &Value, new: &Value) -> FieldSet {
     let (a, b) = (leaves(old), leaves(new));
-    a.union(&b).filter(|p| get(old, p) != get(new, p)).cloned().collect()
+    a.union(&b)
+        .filter(|p| get(old, p) != get(new, p))
+        .cloned()
+        .collect()
 }
 
 /// Value at a path.
@@ -177,7 +205,9 @@ pub fn get<'a>(v: &'a Value, path: &[String]) -> Option<&'a Value> {
 
 /// Remove the value at a path, pruning emptied parent maps.
 pub fn remove(v: &mut Value, path: &[String]) {
-    let Some((last, parents)) = path.split_last() else { return };
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
     let mut cur = &mut *v;
     for p in parents {
         match cur.get_mut(p) {
@@ -188,7 +218,11 @@ pub fn remove(v: &mut Value, path: &[String]) {
     if let Some(m) = cur.as_object_mut() {
         m.remove(last);
     }
-    if !parents.is_empty() && get(v, parents).and_then(Value::as_object).is_some_and(Map::is_empty) {
+    if !parents.is_empty()
+        && get(v, parents)
+            .and_then(Value::as_object)
+            .is_some_and(Map::is_empty)
+    {
         remove(v, parents);
     }
 }
@@ -215,7 +249,11 @@ pub fn to_fields_v1(set: &FieldSet) -> Value {
     for path in set {
         let mut cur = &mut root;
         for p in path {
-            cur = cur.as_object_mut().expect("object").entry(format!("f:{p}")).or_insert_with(|| Value::Object(Map::new()));
+            cur = cur
+                .as_object_mut()
+                .expect("object")
+                .entry(format!("f:{p}"))
+                .or_insert_with(|| Value::Object(Map::new()));
         }
     }
     root
@@ -258,13 +296,18 @@ mod tests {
             &mut doc,
             &json!({"spec": {"containers": [{"name": "b", "image": "z"}, {"name": "c", "image": "w"}, {"name": "a", "$patch": "delete"}]}, "metadata": {"finalizers": ["f2"]}}),
         );
-        assert_eq!(doc["spec"]["containers"], json!([{"name": "b", "image": "z"}, {"name": "c", "image": "w"}]));
+        assert_eq!(
+            doc["spec"]["containers"],
+            json!([{"name": "b", "image": "z"}, {"name": "c", "image": "w"}])
+        );
         assert_eq!(doc["metadata"]["finalizers"], json!(["f1", "f2"]));
     }
 
     #[test]
     fn fields_v1_round_trip() {
-        let set = leaves(&json!({"metadata": {"name": "x", "labels": {"a": "b"}}, "spec": {"r": 1, "l": [1]}}));
+        let set = leaves(
+            &json!({"metadata": {"name": "x", "labels": {"a": "b"}}, "spec": {"r": 1, "l": [1]}}),
+        );
         assert_eq!(from_fields_v1(&to_fields_v1(&set)), set);
         assert_eq!(set.len(), 3);
     }

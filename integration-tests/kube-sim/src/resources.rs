@@ -6,7 +6,16 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 /// Standard verbs of a stored resource.
-const CRUD: &[&str] = &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
+const CRUD: &[&str] = &[
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
+];
 
 /// One served resource type (one group/version/plural).
 #[derive(Debug, Clone)]
@@ -35,6 +44,9 @@ pub struct ResourceType {
     pub schema: Option<Value>,
     /// For custom resources: `additionalPrinterColumns`.
     pub printer_columns: Vec<Value>,
+    /// For custom resources with a scale subresource: spec replicas, status replicas and
+    /// label selector paths (`.spec.replicas` style).
+    pub scale: Option<(String, String, Option<String>)>,
     /// True for custom resources.
     pub custom: bool,
     /// True when objects are not stored (TokenReview, SubjectAccessReview).
@@ -44,7 +56,11 @@ pub struct ResourceType {
 impl ResourceType {
     /// `v1` or `group/version`.
     pub fn api_version(&self) -> String {
-        if self.group.is_empty() { self.version.clone() } else { format!("{}/{}", self.group, self.version) }
+        if self.group.is_empty() {
+            self.version.clone()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
     }
 
     /// Storage key shared by all versions of the resource.
@@ -59,7 +75,11 @@ impl ResourceType {
 
     /// `/api/v1` or `/apis/g/v`.
     pub fn gv_path(&self) -> String {
-        if self.group.is_empty() { format!("/api/{}", self.version) } else { format!("/apis/{}/{}", self.group, self.version) }
+        if self.group.is_empty() {
+            format!("/api/{}", self.version)
+        } else {
+            format!("/apis/{}/{}", self.group, self.version)
+        }
     }
 }
 
@@ -82,11 +102,20 @@ fn builtin(
         kind: kind.into(),
         namespaced,
         short_names: short.iter().map(|s| s.to_string()).collect(),
-        verbs: if virtual_only { vec!["create".into()] } else { CRUD.iter().map(|s| s.to_string()).collect() },
+        verbs: if virtual_only {
+            vec!["create".into()]
+        } else {
+            CRUD.iter().map(|s| s.to_string()).collect()
+        },
         subresources: subs.iter().map(|s| s.to_string()).collect(),
-        categories: if matches!(plural, "pods" | "services") && group.is_empty() { vec!["all".into()] } else { vec![] },
+        categories: if matches!(plural, "pods" | "services") && group.is_empty() {
+            vec!["all".into()]
+        } else {
+            vec![]
+        },
         schema: None,
         printer_columns: vec![],
+        scale: None,
         custom: false,
         virtual_only,
     }
@@ -95,26 +124,188 @@ fn builtin(
 /// The built-in resource types.
 pub fn builtins() -> Vec<ResourceType> {
     vec![
-        builtin("", "v1", "namespaces", "Namespace", false, &["ns"], &["status", "finalize"], false),
-        builtin("", "v1", "pods", "Pod", true, &["po"], &["status", "eviction", "log"], false),
+        builtin(
+            "",
+            "v1",
+            "namespaces",
+            "Namespace",
+            false,
+            &["ns"],
+            &["status", "finalize"],
+            false,
+        ),
+        builtin(
+            "",
+            "v1",
+            "pods",
+            "Pod",
+            true,
+            &["po"],
+            &["status", "eviction", "log"],
+            false,
+        ),
         builtin("", "v1", "events", "Event", true, &["ev"], &[], false),
-        builtin("", "v1", "configmaps", "ConfigMap", true, &["cm"], &[], false),
+        builtin(
+            "",
+            "v1",
+            "configmaps",
+            "ConfigMap",
+            true,
+            &["cm"],
+            &[],
+            false,
+        ),
         builtin("", "v1", "secrets", "Secret", true, &[], &[], false),
-        builtin("", "v1", "serviceaccounts", "ServiceAccount", true, &["sa"], &["token"], false),
-        builtin("", "v1", "services", "Service", true, &["svc"], &["status"], false),
-        builtin("", "v1", "endpoints", "Endpoints", true, &["ep"], &[], false),
-        builtin("", "v1", "nodes", "Node", false, &["no"], &["status"], false),
-        builtin("events.k8s.io", "v1", "events", "Event", true, &["ev"], &[], false),
-        builtin("coordination.k8s.io", "v1", "leases", "Lease", true, &[], &[], false),
-        builtin("rbac.authorization.k8s.io", "v1", "roles", "Role", true, &[], &[], false),
-        builtin("rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole", false, &[], &[], false),
-        builtin("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding", true, &[], &[], false),
-        builtin("rbac.authorization.k8s.io", "v1", "clusterrolebindings", "ClusterRoleBinding", false, &[], &[], false),
-        builtin("authentication.k8s.io", "v1", "tokenreviews", "TokenReview", false, &[], &[], true),
-        builtin("authorization.k8s.io", "v1", "subjectaccessreviews", "SubjectAccessReview", false, &[], &[], true),
-        builtin("authorization.k8s.io", "v1", "selfsubjectaccessreviews", "SelfSubjectAccessReview", false, &[], &[], true),
-        builtin("authorization.k8s.io", "v1", "localsubjectaccessreviews", "LocalSubjectAccessReview", true, &[], &[], true),
-        builtin("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition", false, &["crd", "crds"], &["status"], false),
+        builtin(
+            "",
+            "v1",
+            "serviceaccounts",
+            "ServiceAccount",
+            true,
+            &["sa"],
+            &["token"],
+            false,
+        ),
+        builtin(
+            "",
+            "v1",
+            "services",
+            "Service",
+            true,
+            &["svc"],
+            &["status"],
+            false,
+        ),
+        builtin(
+            "",
+            "v1",
+            "endpoints",
+            "Endpoints",
+            true,
+            &["ep"],
+            &[],
+            false,
+        ),
+        builtin(
+            "",
+            "v1",
+            "nodes",
+            "Node",
+            false,
+            &["no"],
+            &["status"],
+            false,
+        ),
+        builtin(
+            "events.k8s.io",
+            "v1",
+            "events",
+            "Event",
+            true,
+            &["ev"],
+            &[],
+            false,
+        ),
+        builtin(
+            "coordination.k8s.io",
+            "v1",
+            "leases",
+            "Lease",
+            true,
+            &[],
+            &[],
+            false,
+        ),
+        builtin(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "roles",
+            "Role",
+            true,
+            &[],
+            &[],
+            false,
+        ),
+        builtin(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "clusterroles",
+            "ClusterRole",
+            false,
+            &[],
+            &[],
+            false,
+        ),
+        builtin(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "rolebindings",
+            "RoleBinding",
+            true,
+            &[],
+            &[],
+            false,
+        ),
+        builtin(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "clusterrolebindings",
+            "ClusterRoleBinding",
+            false,
+            &[],
+            &[],
+            false,
+        ),
+        builtin(
+            "authentication.k8s.io",
+            "v1",
+            "tokenreviews",
+            "TokenReview",
+            false,
+            &[],
+            &[],
+            true,
+        ),
+        builtin(
+            "authorization.k8s.io",
+            "v1",
+            "subjectaccessreviews",
+            "SubjectAccessReview",
+            false,
+            &[],
+            &[],
+            true,
+        ),
+        builtin(
+            "authorization.k8s.io",
+            "v1",
+            "selfsubjectaccessreviews",
+            "SelfSubjectAccessReview",
+            false,
+            &[],
+            &[],
+            true,
+        ),
+        builtin(
+            "authorization.k8s.io",
+            "v1",
+            "localsubjectaccessreviews",
+            "LocalSubjectAccessReview",
+            true,
+            &[],
+            &[],
+            true,
+        ),
+        builtin(
+            "apiextensions.k8s.io",
+            "v1",
+            "customresourcedefinitions",
+            "CustomResourceDefinition",
+            false,
+            &["crd", "crds"],
+            &["status"],
+            false,
+        ),
     ]
 }
 
@@ -124,7 +315,13 @@ pub fn from_crd(crd: &Value) -> Vec<ResourceType> {
     let group = spec["group"].as_str().unwrap_or_default();
     let names = &spec["names"];
     let strs = |v: &Value| -> Vec<String> {
-        v.as_array().map(|a| a.iter().filter_map(|s| s.as_str().map(String::from)).collect()).unwrap_or_default()
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
     };
     let mut out = Vec::new();
     for v in spec["versions"].as_array().into_iter().flatten() {
@@ -142,7 +339,10 @@ pub fn from_crd(crd: &Value) -> Vec<ResourceType> {
             group: group.into(),
             version: v["name"].as_str().unwrap_or_default().into(),
             plural: names["plural"].as_str().unwrap_or_default().into(),
-            singular: names["singular"].as_str().map(String::from).unwrap_or_else(|| names["kind"].as_str().unwrap_or_default().to_lowercase()),
+            singular: names["singular"]
+                .as_str()
+                .map(String::from)
+                .unwrap_or_else(|| names["kind"].as_str().unwrap_or_default().to_lowercase()),
             kind: names["kind"].as_str().unwrap_or_default().into(),
             namespaced: spec["scope"].as_str() != Some("Cluster"),
             short_names: strs(&names["shortNames"]),
@@ -150,7 +350,18 @@ pub fn from_crd(crd: &Value) -> Vec<ResourceType> {
             subresources: subs,
             categories: strs(&names["categories"]),
             schema: v["schema"].get("openAPIV3Schema").cloned(),
-            printer_columns: v["additionalPrinterColumns"].as_array().cloned().unwrap_or_default(),
+            printer_columns: v["additionalPrinterColumns"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default(),
+            scale: v["subresources"]["scale"].as_object().map(|s| {
+                let p = |k: &str| s.get(k).and_then(Value::as_str).map(String::from);
+                (
+                    p("specReplicasPath").unwrap_or_default(),
+                    p("statusReplicasPath").unwrap_or_default(),
+                    p("labelSelectorPath"),
+                )
+            }),
             custom: true,
             virtual_only: false,
         });
@@ -189,30 +400,42 @@ fn groups(types: &[ResourceType]) -> Vec<(String, Vec<String>)> {
 }
 
 fn group_json(g: &str, vs: &[String]) -> Value {
-    let versions: Vec<Value> = vs.iter().map(|v| json!({"groupVersion": format!("{g}/{v}"), "version": v})).collect();
+    let versions: Vec<Value> = vs
+        .iter()
+        .map(|v| json!({"groupVersion": format!("{g}/{v}"), "version": v}))
+        .collect();
     json!({"name": g, "versions": versions, "preferredVersion": versions[0]})
 }
 
 /// `/apis` body.
 pub fn api_group_list(types: &[ResourceType]) -> Value {
-    let gs: Vec<Value> = groups(types).iter().map(|(g, vs)| group_json(g, vs)).collect();
+    let gs: Vec<Value> = groups(types)
+        .iter()
+        .map(|(g, vs)| group_json(g, vs))
+        .collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": gs})
 }
 
 /// `/apis/<group>` body, if the group exists.
 pub fn api_group(types: &[ResourceType], group: &str) -> Option<Value> {
-    groups(types).iter().find(|(g, _)| g == group).map(|(g, vs)| {
-        let mut v = group_json(g, vs);
-        v["kind"] = json!("APIGroup");
-        v["apiVersion"] = json!("v1");
-        v
-    })
+    groups(types)
+        .iter()
+        .find(|(g, _)| g == group)
+        .map(|(g, vs)| {
+            let mut v = group_json(g, vs);
+            v["kind"] = json!("APIGroup");
+            v["apiVersion"] = json!("v1");
+            v
+        })
 }
 
 /// `/api/v1` or `/apis/<g>/<v>` body, if that group-version exists.
 pub fn api_resource_list(types: &[ResourceType], group: &str, version: &str) -> Option<Value> {
     let mut resources = Vec::new();
-    for t in types.iter().filter(|t| t.group == group && t.version == version) {
+    for t in types
+        .iter()
+        .filter(|t| t.group == group && t.version == version)
+    {
         let mut r = json!({
             "name": t.plural, "singularName": t.singular, "namespaced": t.namespaced,
             "kind": t.kind, "verbs": t.verbs,
@@ -248,17 +471,29 @@ pub fn api_resource_list(types: &[ResourceType], group: &str, version: &str) -> 
     if resources.is_empty() {
         return None;
     }
-    let gv = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
-    Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}))
+    let gv = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
+    Some(
+        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}),
+    )
 }
 
 /// `/openapi/v3` index: one entry per group-version; `hash` changes when the set of types does.
 pub fn openapi_index(types: &[ResourceType], hash: &str) -> Value {
     let mut paths = serde_json::Map::new();
-    paths.insert("api/v1".into(), json!({"serverRelativeURL": format!("/openapi/v3/api/v1?hash={hash}")}));
+    paths.insert(
+        "api/v1".into(),
+        json!({"serverRelativeURL": format!("/openapi/v3/api/v1?hash={hash}")}),
+    );
     for (g, vs) in groups(types) {
         for v in vs {
-            paths.insert(format!("apis/{g}/{v}"), json!({"serverRelativeURL": format!("/openapi/v3/apis/{g}/{v}?hash={hash}")}));
+            paths.insert(
+                format!("apis/{g}/{v}"),
+                json!({"serverRelativeURL": format!("/openapi/v3/apis/{g}/{v}?hash={hash}")}),
+            );
         }
     }
     json!({"paths": paths})
@@ -270,16 +505,25 @@ pub fn openapi_gv(types: &[ResourceType], group: &str, version: &str) -> Option<
     let mut paths = serde_json::Map::new();
     let mut schemas = serde_json::Map::new();
     let mut found = false;
-    for t in types.iter().filter(|t| t.group == group && t.version == version) {
+    for t in types
+        .iter()
+        .filter(|t| t.group == group && t.version == version)
+    {
         found = true;
         let gvk = json!({"group": t.group, "version": t.version, "kind": t.kind});
         let params = json!([{"name": "fieldValidation", "in": "query", "schema": {"type": "string", "uniqueItems": true}}]);
-        let base = if t.namespaced { format!("{}/namespaces/{{namespace}}/{}", t.gv_path(), t.plural) } else { format!("{}/{}", t.gv_path(), t.plural) };
+        let base = if t.namespaced {
+            format!("{}/namespaces/{{namespace}}/{}", t.gv_path(), t.plural)
+        } else {
+            format!("{}/{}", t.gv_path(), t.plural)
+        };
         let op = json!({"x-kubernetes-group-version-kind": gvk, "x-kubernetes-action": "patch", "parameters": params, "responses": {}});
         paths.insert(format!("{base}/{{name}}"), json!({"patch": op, "put": op}));
         paths.insert(base, json!({"post": op}));
         let id = schema_id(t);
-        let mut schema = t.schema.clone().unwrap_or_else(|| json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}));
+        let mut schema = t.schema.clone().unwrap_or_else(
+            || json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true}),
+        );
         schema["x-kubernetes-group-version-kind"] = json!([gvk]);
         schemas.insert(id, schema);
     }
@@ -289,6 +533,10 @@ pub fn openapi_gv(types: &[ResourceType], group: &str, version: &str) -> Option<
 }
 
 fn schema_id(t: &ResourceType) -> String {
-    let g = if t.group.is_empty() { "io.k8s.api.core".to_string() } else { t.group.split('.').rev().collect::<Vec<_>>().join(".") };
+    let g = if t.group.is_empty() {
+        "io.k8s.api.core".to_string()
+    } else {
+        t.group.split('.').rev().collect::<Vec<_>>().join(".")
+    };
     format!("{g}.{}.{}", t.version, t.kind)
 }

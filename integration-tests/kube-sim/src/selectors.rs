@@ -38,13 +38,22 @@ fn split_top(s: &str) -> Vec<String> {
         }
     }
     out.push(cur);
-    out.into_iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
+    out.into_iter()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
 }
 
 fn set_values(s: &str) -> Option<Vec<String>> {
     let s = s.trim();
     let inner = s.strip_prefix('(')?.strip_suffix(')')?;
-    Some(inner.split(',').map(|v| v.trim().to_string()).filter(|v| !v.is_empty()).collect())
+    Some(
+        inner
+            .split(',')
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+            .collect(),
+    )
 }
 
 impl LabelSelector {
@@ -62,10 +71,19 @@ impl LabelSelector {
             } else if let Some((k, v)) = part.split_once('=') {
                 Req::Eq(k.trim().into(), v.trim().into())
             } else if let Some(idx) = part.find(" notin ") {
-                Req::NotIn(part[..idx].trim().into(), set_values(&part[idx + 7..]).ok_or_else(|| bad(&part))?)
+                Req::NotIn(
+                    part[..idx].trim().into(),
+                    set_values(&part[idx + 7..]).ok_or_else(|| bad(&part))?,
+                )
             } else if let Some(idx) = part.find(" in ") {
-                Req::In(part[..idx].trim().into(), set_values(&part[idx + 4..]).ok_or_else(|| bad(&part))?)
-            } else if part.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c)) {
+                Req::In(
+                    part[..idx].trim().into(),
+                    set_values(&part[idx + 4..]).ok_or_else(|| bad(&part))?,
+                )
+            } else if part
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
+            {
                 Req::Exists(part.clone())
             } else {
                 return Err(bad(&part));
@@ -83,7 +101,12 @@ impl LabelSelector {
         }
         for e in sel["matchExpressions"].as_array().into_iter().flatten() {
             let k = e["key"].as_str().unwrap_or_default().to_string();
-            let vals: Vec<String> = e["values"].as_array().into_iter().flatten().filter_map(|v| v.as_str().map(String::from)).collect();
+            let vals: Vec<String> = e["values"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect();
             reqs.push(match e["operator"].as_str().unwrap_or_default() {
                 "In" => Req::In(k, vals),
                 "NotIn" => Req::NotIn(k, vals),
@@ -122,8 +145,15 @@ pub struct FieldSelector(Vec<(String, bool, String)>);
 fn field_allowed(kind: &str, field: &str) -> bool {
     match field {
         "metadata.name" | "metadata.namespace" => true,
-        "status.phase" | "spec.nodeName" | "spec.restartPolicy" | "spec.schedulerName" | "spec.serviceAccountName" | "status.podIP" => kind == "Pod",
-        f if f.starts_with("involvedObject.") || f == "reason" || f == "type" || f == "source" => kind == "Event",
+        "status.phase"
+        | "spec.nodeName"
+        | "spec.restartPolicy"
+        | "spec.schedulerName"
+        | "spec.serviceAccountName"
+        | "status.podIP" => kind == "Pod",
+        f if f.starts_with("involvedObject.") || f == "reason" || f == "type" || f == "source" => {
+            kind == "Event"
+        }
         f if f.starts_with("regarding.") || f == "reportingController" => kind == "Event",
         "type" => kind == "Secret",
         _ => false,
@@ -142,10 +172,14 @@ impl FieldSelector {
             } else if let Some((k, v)) = part.split_once('=') {
                 (k, true, v)
             } else {
-                return Err(ApiError::bad_request(format!("invalid selector: '{s}'; can't understand '{part}'")));
+                return Err(ApiError::bad_request(format!(
+                    "invalid selector: '{s}'; can't understand '{part}'"
+                )));
             };
             if !field_allowed(kind, k) {
-                return Err(ApiError::bad_request(format!("field label not supported: {k}")));
+                return Err(ApiError::bad_request(format!(
+                    "field label not supported: {k}"
+                )));
             }
             out.push((k.to_string(), eq, v.to_string()));
         }
@@ -189,15 +223,27 @@ mod tests {
             ("app=web,tier in (fe)", true),
             ("missing notin (x)", true),
         ] {
-            assert_eq!(LabelSelector::parse(sel).unwrap().matches(&o), want, "{sel}");
+            assert_eq!(
+                LabelSelector::parse(sel).unwrap().matches(&o),
+                want,
+                "{sel}"
+            );
         }
     }
 
     #[test]
     fn field_selector() {
         let p = json!({"metadata": {"name": "a", "namespace": "n"}, "status": {"phase": "Running"}, "spec": {"nodeName": "n1"}});
-        assert!(FieldSelector::parse("status.phase=Running,spec.nodeName=n1", "Pod").unwrap().matches(&p));
-        assert!(!FieldSelector::parse("metadata.name!=a", "Pod").unwrap().matches(&p));
+        assert!(
+            FieldSelector::parse("status.phase=Running,spec.nodeName=n1", "Pod")
+                .unwrap()
+                .matches(&p)
+        );
+        assert!(
+            !FieldSelector::parse("metadata.name!=a", "Pod")
+                .unwrap()
+                .matches(&p)
+        );
         assert!(FieldSelector::parse("spec.foo=x", "Pod").is_err());
     }
 }

@@ -17,7 +17,11 @@ pub struct Cause {
 impl Cause {
     /// The text the API server shows for one cause: `field: message`.
     pub fn line(&self) -> String {
-        if self.field.is_empty() { self.message.clone() } else { format!("{}: {}", self.field, self.message) }
+        if self.field.is_empty() {
+            self.message.clone()
+        } else {
+            format!("{}: {}", self.field, self.message)
+        }
     }
 }
 
@@ -49,7 +53,11 @@ pub struct Target<'a> {
 
 impl Target<'_> {
     fn qualified(&self) -> String {
-        if self.group.is_empty() { self.resource.to_string() } else { format!("{}.{}", self.resource, self.group) }
+        if self.group.is_empty() {
+            self.resource.to_string()
+        } else {
+            format!("{}.{}", self.resource, self.group)
+        }
     }
 
     fn details(&self) -> Value {
@@ -63,22 +71,43 @@ impl Target<'_> {
 
 impl ApiError {
     fn new(code: u16, reason: &'static str, message: impl Into<String>, details: Value) -> Self {
-        ApiError { code, reason, message: message.into(), details, retry_after: None }
+        ApiError {
+            code,
+            reason,
+            message: message.into(),
+            details,
+            retry_after: None,
+        }
     }
 
     /// 404 `pods "x" not found`.
     pub fn not_found(t: Target<'_>) -> Self {
-        Self::new(404, "NotFound", format!("{} \"{}\" not found", t.qualified(), t.name), t.details())
+        Self::new(
+            404,
+            "NotFound",
+            format!("{} \"{}\" not found", t.qualified(), t.name),
+            t.details(),
+        )
     }
 
     /// 404 for an unknown path or resource type.
     pub fn no_route() -> Self {
-        Self::new(404, "NotFound", "the server could not find the requested resource", json!({}))
+        Self::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+            json!({}),
+        )
     }
 
     /// 409 `pods "x" already exists`.
     pub fn already_exists(t: Target<'_>) -> Self {
-        Self::new(409, "AlreadyExists", format!("{} \"{}\" already exists", t.qualified(), t.name), t.details())
+        Self::new(
+            409,
+            "AlreadyExists",
+            format!("{} \"{}\" already exists", t.qualified(), t.name),
+            t.details(),
+        )
     }
 
     /// 409 optimistic-concurrency conflict.
@@ -100,7 +129,12 @@ impl ApiError {
         Self::new(
             409,
             "Conflict",
-            format!("Operation cannot be fulfilled on {} \"{}\": {}", t.qualified(), t.name, msg.into()),
+            format!(
+                "Operation cannot be fulfilled on {} \"{}\": {}",
+                t.qualified(),
+                t.name,
+                msg.into()
+            ),
             t.details(),
         )
     }
@@ -108,7 +142,12 @@ impl ApiError {
     /// 409 server-side apply conflict, with one cause per conflicting field.
     pub fn apply_conflict(t: Target<'_>, causes: Vec<Cause>) -> Self {
         let list: Vec<String> = causes.iter().map(|c| format!("- {}", c.message)).collect();
-        let msg = format!("Apply failed with {} conflict{}: {}", causes.len(), if causes.len() == 1 { "" } else { "s" }, list.join("\n"));
+        let msg = format!(
+            "Apply failed with {} conflict{}: {}",
+            causes.len(),
+            if causes.len() == 1 { "" } else { "s" },
+            list.join("\n")
+        );
         let mut d = t.details();
         d["causes"] = causes_json(&causes);
         Self::new(409, "Conflict", msg, d)
@@ -116,17 +155,33 @@ impl ApiError {
 
     /// 422 `Kind.group "x" is invalid: field: message`.
     pub fn invalid(kind: &str, group: &str, name: &str, causes: Vec<Cause>) -> Self {
-        let qk = if group.is_empty() { kind.to_string() } else { format!("{kind}.{group}") };
+        let qk = if group.is_empty() {
+            kind.to_string()
+        } else {
+            format!("{kind}.{group}")
+        };
         let body = if causes.len() == 1 {
             causes[0].line()
         } else {
-            format!("[{}]", causes.iter().map(Cause::line).collect::<Vec<_>>().join(", "))
+            format!(
+                "[{}]",
+                causes
+                    .iter()
+                    .map(Cause::line)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
         };
         let mut d = json!({"name": name, "kind": kind, "causes": causes_json(&causes)});
         if !group.is_empty() {
             d["group"] = json!(group);
         }
-        Self::new(422, "Invalid", format!("{qk} \"{name}\" is invalid: {body}"), d)
+        Self::new(
+            422,
+            "Invalid",
+            format!("{qk} \"{name}\" is invalid: {body}"),
+            d,
+        )
     }
 
     /// 400 BadRequest.
@@ -140,14 +195,35 @@ impl ApiError {
     }
 
     /// 403 Forbidden with the real RBAC message.
-    pub fn forbidden(t: Target<'_>, user: &str, verb: &str, subresource: &str, namespace: &str) -> Self {
-        let res = if subresource.is_empty() { t.resource.to_string() } else { format!("{}/{}", t.resource, subresource) };
-        let what = if t.name.is_empty() { t.qualified() } else { format!("{} \"{}\"", t.qualified(), t.name) };
-        let scope = if namespace.is_empty() { "at the cluster scope".to_string() } else { format!("in the namespace \"{namespace}\"") };
+    pub fn forbidden(
+        t: Target<'_>,
+        user: &str,
+        verb: &str,
+        subresource: &str,
+        namespace: &str,
+    ) -> Self {
+        let res = if subresource.is_empty() {
+            t.resource.to_string()
+        } else {
+            format!("{}/{}", t.resource, subresource)
+        };
+        let what = if t.name.is_empty() {
+            t.qualified()
+        } else {
+            format!("{} \"{}\"", t.qualified(), t.name)
+        };
+        let scope = if namespace.is_empty() {
+            "at the cluster scope".to_string()
+        } else {
+            format!("in the namespace \"{namespace}\"")
+        };
         Self::new(
             403,
             "Forbidden",
-            format!("{what} is forbidden: User \"{user}\" cannot {verb} resource \"{res}\" in API group \"{}\" {scope}", t.group),
+            format!(
+                "{what} is forbidden: User \"{user}\" cannot {verb} resource \"{res}\" in API group \"{}\" {scope}",
+                t.group
+            ),
             t.details(),
         )
     }
@@ -155,17 +231,32 @@ impl ApiError {
     /// 403 Forbidden with a custom message.
     pub fn forbidden_msg(t: Target<'_>, msg: impl Into<String>) -> Self {
         let what = format!("{} \"{}\"", t.qualified(), t.name);
-        Self::new(403, "Forbidden", format!("{what} is forbidden: {}", msg.into()), t.details())
+        Self::new(
+            403,
+            "Forbidden",
+            format!("{what} is forbidden: {}", msg.into()),
+            t.details(),
+        )
     }
 
     /// 403 for a non-resource URL.
     pub fn forbidden_path(user: &str, verb: &str, path: &str) -> Self {
-        Self::new(403, "Forbidden", format!("forbidden: User \"{user}\" cannot {verb} path \"{path}\""), json!({}))
+        Self::new(
+            403,
+            "Forbidden",
+            format!("forbidden: User \"{user}\" cannot {verb} path \"{path}\""),
+            json!({}),
+        )
     }
 
     /// 405 MethodNotAllowed.
     pub fn method_not_allowed() -> Self {
-        Self::new(405, "MethodNotAllowed", "the server does not allow this method on the requested resource", json!({}))
+        Self::new(
+            405,
+            "MethodNotAllowed",
+            "the server does not allow this method on the requested resource",
+            json!({}),
+        )
     }
 
     /// 410 Expired, as sent in-stream on a watch.
@@ -181,7 +272,12 @@ impl ApiError {
     /// 500 InternalError.
     pub fn internal(msg: impl Into<String>) -> Self {
         let msg = msg.into();
-        Self::new(500, "InternalError", format!("Internal error occurred: {msg}"), json!({"causes": [{"message": msg}]}))
+        Self::new(
+            500,
+            "InternalError",
+            format!("Internal error occurred: {msg}"),
+            json!({"causes": [{"message": msg}]}),
+        )
     }
 
     /// 429 TooManyRequests with Retry-After.

@@ -95,27 +95,46 @@ impl Store {
 
     /// Look a type up by group, version and plural.
     pub fn find_type(&self, group: &str, version: &str, plural: &str) -> Option<ResourceType> {
-        self.types.iter().find(|t| t.group == group && t.version == version && t.plural == plural).cloned()
+        self.types
+            .iter()
+            .find(|t| t.group == group && t.version == version && t.plural == plural)
+            .cloned()
     }
 
     /// Look a type up by kind.
     pub fn find_kind(&self, api_version: &str, kind: &str) -> Option<ResourceType> {
-        self.types.iter().find(|t| t.api_version() == api_version && t.kind == kind).cloned()
+        self.types
+            .iter()
+            .find(|t| t.api_version() == api_version && t.kind == kind)
+            .cloned()
     }
 
     /// One object.
     pub fn get(&self, key: &str, ns: &str, name: &str) -> Option<Arc<Value>> {
-        self.objects.get(key)?.get(&(ns.to_string(), name.to_string())).cloned()
+        self.objects
+            .get(key)?
+            .get(&(ns.to_string(), name.to_string()))
+            .cloned()
     }
 
     /// Commit an object (create or replace), giving it the next resourceVersion.
     pub fn put(&mut self, key: &str, mut obj: Value) -> Arc<Value> {
         self.rv += 1;
         obj["metadata"]["resourceVersion"] = Value::String(self.rv.to_string());
-        let ns = obj["metadata"]["namespace"].as_str().unwrap_or_default().to_string();
-        let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        let ns = obj["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let name = obj["metadata"]["name"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         let obj = Arc::new(obj);
-        let old = self.objects.entry(key.to_string()).or_default().insert((ns, name), obj.clone());
+        let old = self
+            .objects
+            .entry(key.to_string())
+            .or_default()
+            .insert((ns, name), obj.clone());
         let etype = if old.is_some() { "MODIFIED" } else { "ADDED" };
         self.emit(key, etype, obj.clone(), old);
         if key == CRD_KEY {
@@ -126,7 +145,10 @@ impl Store {
 
     /// Remove an object for good, emitting DELETED.
     pub fn remove(&mut self, key: &str, ns: &str, name: &str) -> Option<Arc<Value>> {
-        let old = self.objects.get_mut(key)?.remove(&(ns.to_string(), name.to_string()))?;
+        let old = self
+            .objects
+            .get_mut(key)?
+            .remove(&(ns.to_string(), name.to_string()))?;
         self.rv += 1;
         let mut last = (*old).clone();
         last["metadata"]["resourceVersion"] = Value::String(self.rv.to_string());
@@ -138,8 +160,20 @@ impl Store {
         Some(last)
     }
 
-    fn emit(&mut self, key: &str, etype: &'static str, object: Arc<Value>, old: Option<Arc<Value>>) {
-        let c = Arc::new(Change { rv: self.rv, key: key.to_string(), etype, object, old });
+    fn emit(
+        &mut self,
+        key: &str,
+        etype: &'static str,
+        object: Arc<Value>,
+        old: Option<Arc<Value>>,
+    ) {
+        let c = Arc::new(Change {
+            rv: self.rv,
+            key: key.to_string(),
+            etype,
+            object,
+            old,
+        });
         self.history.push_back(c.clone());
         while self.history.len() > self.history_cap {
             if let Some(front) = self.history.pop_front() {
@@ -156,13 +190,55 @@ impl Store {
     }
 
     fn refresh_types(&mut self) {
-        let crds: Vec<Arc<Value>> = self.objects.get(CRD_KEY).map(|b| b.values().cloned().collect()).unwrap_or_default();
+        let crds: Vec<Arc<Value>> = self
+            .objects
+            .get(CRD_KEY)
+            .map(|b| b.values().cloned().collect())
+            .unwrap_or_default();
         self.types = resources::all_types(&crds);
         self.types_gen += 1;
     }
 
+    /// The whole state as JSON (for snapshots).
+    pub fn snapshot(&self) -> Value {
+        let objects: Vec<Value> = self
+            .all()
+            .into_iter()
+            .map(|(k, o)| serde_json::json!({"key": k, "object": *o}))
+            .collect();
+        serde_json::json!({"resourceVersion": self.rv, "objects": objects})
+    }
+
+    /// Replace the state with a snapshot; history starts empty (older resumes get 410).
+    pub fn restore(&mut self, snap: &Value) {
+        self.objects.clear();
+        for e in snap["objects"].as_array().into_iter().flatten() {
+            let (Some(k), o) = (e["key"].as_str(), &e["object"]) else {
+                continue;
+            };
+            let ns = o["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let name = o["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            self.objects
+                .entry(k.to_string())
+                .or_default()
+                .insert((ns, name), Arc::new(o.clone()));
+        }
+        self.rv = self.rv.max(snap["resourceVersion"].as_u64().unwrap_or(1));
+        self.compact();
+        self.refresh_types();
+    }
+
     /// Every object of every resource (for GC and namespace deletion).
     pub fn all(&self) -> Vec<(String, Arc<Value>)> {
-        self.objects.iter().flat_map(|(k, b)| b.values().map(move |o| (k.clone(), o.clone()))).collect()
+        self.objects
+            .iter()
+            .flat_map(|(k, b)| b.values().map(move |o| (k.clone(), o.clone())))
+            .collect()
     }
 }

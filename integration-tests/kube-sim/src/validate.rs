@@ -21,7 +21,10 @@ pub fn check(schema: &Value, obj: &mut Value, old: Option<&Value>, check_status:
     let defaulted = kube_cel::apply_defaults(schema, obj);
     *obj = defaulted;
     let props = &schema["properties"];
-    let keys: Vec<String> = obj.as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default();
+    let keys: Vec<String> = obj
+        .as_object()
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default();
     for k in keys {
         if matches!(k.as_str(), "apiVersion" | "kind" | "metadata") {
             continue;
@@ -42,9 +45,18 @@ pub fn check(schema: &Value, obj: &mut Value, old: Option<&Value>, check_status:
             }
         }
     }
-    for r in schema["required"].as_array().into_iter().flatten().filter_map(Value::as_str) {
+    for r in schema["required"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+    {
         if obj.get(r).is_none() {
-            out.causes.push(Cause { reason: "FieldValueRequired", message: "Required value".into(), field: r.into() });
+            out.causes.push(Cause {
+                reason: "FieldValueRequired",
+                message: "Required value".into(),
+                field: r.into(),
+            });
         }
     }
     if out.causes.is_empty()
@@ -74,7 +86,9 @@ fn strip_non_cel(schema: &Value, check_status: bool) -> Value {
 }
 
 fn preserve(schema: &Value) -> bool {
-    schema["x-kubernetes-preserve-unknown-fields"] == Value::Bool(true) || schema["x-kubernetes-embedded-resource"] == Value::Bool(true) && schema["properties"].is_null()
+    schema["x-kubernetes-preserve-unknown-fields"] == Value::Bool(true)
+        || schema["x-kubernetes-embedded-resource"] == Value::Bool(true)
+            && schema["properties"].is_null()
 }
 
 fn prune(schema: &Value, v: &mut Value, path: &str, unknown: &mut Vec<String>) {
@@ -87,7 +101,8 @@ fn prune(schema: &Value, v: &mut Value, path: &str, unknown: &mut Vec<String>) {
                     match props.get(&k) {
                         Some(s) => prune(s, m.get_mut(&k).expect("present"), &cp, unknown),
                         None if preserve(schema) => {}
-                        None if schema["x-kubernetes-embedded-resource"] == Value::Bool(true) && matches!(k.as_str(), "apiVersion" | "kind" | "metadata") => {}
+                        None if schema["x-kubernetes-embedded-resource"] == Value::Bool(true)
+                            && matches!(k.as_str(), "apiVersion" | "kind" | "metadata") => {}
                         None => {
                             unknown.push(cp);
                             m.remove(&k);
@@ -98,18 +113,19 @@ fn prune(schema: &Value, v: &mut Value, path: &str, unknown: &mut Vec<String>) {
                 for (k, c) in m.iter_mut() {
                     prune(ap, c, &format!("{path}.{k}"), unknown);
                 }
-            } else if !preserve(schema) && schema["type"] == "object" && schema.get("additionalProperties").is_none() {
+            } else if !preserve(schema)
+                && schema["type"] == "object"
+                && schema.get("additionalProperties").is_none()
+            {
                 for k in m.keys() {
                     unknown.push(format!("{path}.{k}"));
                 }
                 m.clear();
             }
         }
-        Value::Array(items) => {
-            if schema["items"].is_object() {
-                for (i, c) in items.iter_mut().enumerate() {
-                    prune(&schema["items"], c, &format!("{path}[{i}]"), unknown);
-                }
+        Value::Array(items) if schema["items"].is_object() => {
+            for (i, c) in items.iter_mut().enumerate() {
+                prune(&schema["items"], c, &format!("{path}[{i}]"), unknown);
             }
         }
         _ => {}
@@ -137,12 +153,19 @@ fn type_name(v: &Value) -> &'static str {
 }
 
 fn validate(schema: &Value, v: &Value, path: &str, causes: &mut Vec<Cause>) {
-    let invalid = |msg: String| Cause { reason: "FieldValueInvalid", message: format!("Invalid value: {}: {msg}", show(v)), field: path.into() };
+    let invalid = |msg: String| Cause {
+        reason: "FieldValueInvalid",
+        message: format!("Invalid value: {}: {msg}", show(v)),
+        field: path.into(),
+    };
     if v.is_null() {
         if schema["nullable"] != Value::Bool(true) && schema["type"].is_string() {
             causes.push(Cause {
                 reason: "FieldValueTypeInvalid",
-                message: format!("Invalid value: \"null\": {path} in body must be of type {}: \"null\"", schema["type"].as_str().unwrap_or_default()),
+                message: format!(
+                    "Invalid value: \"null\": {path} in body must be of type {}: \"null\"",
+                    schema["type"].as_str().unwrap_or_default()
+                ),
                 field: path.into(),
             });
         }
@@ -151,11 +174,16 @@ fn validate(schema: &Value, v: &Value, path: &str, causes: &mut Vec<Cause>) {
     if let Some(t) = schema["type"].as_str() {
         let actual = type_name(v);
         let ok = t == actual || (t == "number" && actual == "integer");
-        let int_or_string = schema["x-kubernetes-int-or-string"] == Value::Bool(true) && matches!(actual, "integer" | "string");
+        let int_or_string = schema["x-kubernetes-int-or-string"] == Value::Bool(true)
+            && matches!(actual, "integer" | "string");
         if !ok && !int_or_string {
             causes.push(Cause {
                 reason: "FieldValueTypeInvalid",
-                message: format!("Invalid value: {}: {path} in body must be of type {t}: {}", show(v), show_type_arg(v)),
+                message: format!(
+                    "Invalid value: {}: {path} in body must be of type {t}: {}",
+                    show(v),
+                    show_type_arg(v)
+                ),
                 field: path.into(),
             });
             return;
@@ -165,21 +193,43 @@ fn validate(schema: &Value, v: &Value, path: &str, causes: &mut Vec<Cause>) {
         && !e.contains(v)
     {
         let sup: Vec<String> = e.iter().map(|x| x.to_string()).collect();
-        causes.push(Cause { reason: "FieldValueNotSupported", message: format!("Unsupported value: {}: supported values: {}", v, sup.join(", ")), field: path.into() });
+        causes.push(Cause {
+            reason: "FieldValueNotSupported",
+            message: format!(
+                "Unsupported value: {}: supported values: {}",
+                v,
+                sup.join(", ")
+            ),
+            field: path.into(),
+        });
     }
     if let Some(n) = v.as_f64() {
         if let Some(max) = schema["maximum"].as_f64() {
             let excl = schema["exclusiveMaximum"] == Value::Bool(true);
             if n > max || (excl && n == max) {
-                let rel = if excl { "less than" } else { "less than or equal to" };
-                causes.push(invalid(format!("{path} in body should be {rel} {}", schema["maximum"])));
+                let rel = if excl {
+                    "less than"
+                } else {
+                    "less than or equal to"
+                };
+                causes.push(invalid(format!(
+                    "{path} in body should be {rel} {}",
+                    schema["maximum"]
+                )));
             }
         }
         if let Some(min) = schema["minimum"].as_f64() {
             let excl = schema["exclusiveMinimum"] == Value::Bool(true);
             if n < min || (excl && n == min) {
-                let rel = if excl { "greater than" } else { "greater than or equal to" };
-                causes.push(invalid(format!("{path} in body should be {rel} {}", schema["minimum"])));
+                let rel = if excl {
+                    "greater than"
+                } else {
+                    "greater than or equal to"
+                };
+                causes.push(invalid(format!(
+                    "{path} in body should be {rel} {}",
+                    schema["minimum"]
+                )));
             }
         }
     }
@@ -188,12 +238,18 @@ fn validate(schema: &Value, v: &Value, path: &str, causes: &mut Vec<Cause>) {
         if let Some(max) = schema["maxLength"].as_u64()
             && len > max
         {
-            causes.push(Cause { reason: "FieldValueTooLong", message: format!("Too long: may not be more than {max} bytes"), field: path.into() });
+            causes.push(Cause {
+                reason: "FieldValueTooLong",
+                message: format!("Too long: may not be more than {max} bytes"),
+                field: path.into(),
+            });
         }
         if let Some(min) = schema["minLength"].as_u64()
             && len < min
         {
-            causes.push(invalid(format!("{path} in body should be at least {min} chars long")));
+            causes.push(invalid(format!(
+                "{path} in body should be at least {min} chars long"
+            )));
         }
         if let Some(p) = schema["pattern"].as_str()
             && regex::Regex::new(p).is_ok_and(|re| !re.is_match(s))
@@ -206,12 +262,18 @@ fn validate(schema: &Value, v: &Value, path: &str, causes: &mut Vec<Cause>) {
             if let Some(max) = schema["maxItems"].as_u64()
                 && items.len() as u64 > max
             {
-                causes.push(Cause { reason: "FieldValueTooMany", message: format!("Too many: {}: must have at most {max} items", items.len()), field: path.into() });
+                causes.push(Cause {
+                    reason: "FieldValueTooMany",
+                    message: format!("Too many: {}: must have at most {max} items", items.len()),
+                    field: path.into(),
+                });
             }
             if let Some(min) = schema["minItems"].as_u64()
                 && (items.len() as u64) < min
             {
-                causes.push(invalid(format!("{path} in body should have at least {min} items")));
+                causes.push(invalid(format!(
+                    "{path} in body should have at least {min} items"
+                )));
             }
             if schema["items"].is_object() {
                 for (i, c) in items.iter().enumerate() {
@@ -220,15 +282,28 @@ fn validate(schema: &Value, v: &Value, path: &str, causes: &mut Vec<Cause>) {
             }
         }
         Value::Object(m) => {
-            for r in schema["required"].as_array().into_iter().flatten().filter_map(Value::as_str) {
+            for r in schema["required"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+            {
                 if !m.contains_key(r) {
-                    causes.push(Cause { reason: "FieldValueRequired", message: "Required value".into(), field: format!("{path}.{r}") });
+                    causes.push(Cause {
+                        reason: "FieldValueRequired",
+                        message: "Required value".into(),
+                        field: format!("{path}.{r}"),
+                    });
                 }
             }
             if let Some(max) = schema["maxProperties"].as_u64()
                 && m.len() as u64 > max
             {
-                causes.push(Cause { reason: "FieldValueTooMany", message: format!("Too many: {}: must have at most {max} items", m.len()), field: path.into() });
+                causes.push(Cause {
+                    reason: "FieldValueTooMany",
+                    message: format!("Too many: {}: must have at most {max} items", m.len()),
+                    field: path.into(),
+                });
             }
             let props = schema["properties"].as_object();
             let ap = schema.get("additionalProperties").filter(|a| a.is_object());
@@ -274,10 +349,21 @@ mod tests {
         let out = check(&schema(), &mut o, None, true);
         let lines: Vec<String> = out.causes.iter().map(Cause::line).collect();
         assert!(lines.contains(&"spec.replicas: Invalid value: 11: spec.replicas in body should be less than or equal to 10".to_string()), "{lines:?}");
-        assert!(lines.iter().any(|l| l.starts_with("spec.mode: Unsupported value: \"c\"")), "{lines:?}");
-        assert!(lines.iter().any(|l| l.contains("should match")), "{lines:?}");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("spec.mode: Unsupported value: \"c\"")),
+            "{lines:?}"
+        );
+        assert!(
+            lines.iter().any(|l| l.contains("should match")),
+            "{lines:?}"
+        );
         let mut o = json!({"spec": {}});
-        assert_eq!(check(&schema(), &mut o, None, true).causes[0].line(), "spec.image: Required value");
+        assert_eq!(
+            check(&schema(), &mut o, None, true).causes[0].line(),
+            "spec.image: Required value"
+        );
     }
 
     #[test]
@@ -285,6 +371,10 @@ mod tests {
         let mut o = json!({"spec": {"replicas": 7, "image": "x", "mode": "a"}});
         let out = check(&schema(), &mut o, None, true);
         assert_eq!(out.causes.len(), 1, "{:?}", out.causes);
-        assert!(out.causes[0].line().contains("many replicas need mode b"), "{:?}", out.causes);
+        assert!(
+            out.causes[0].line().contains("many replicas need mode b"),
+            "{:?}",
+            out.causes
+        );
     }
 }
