@@ -25,6 +25,10 @@ pub const DEPLOYMENT_LABEL: &str = "autocrane.io/deployment";
 /// Pod label naming the revision (hash of template + app version) the pod was created from.
 pub const REVISION_LABEL: &str = "autocrane.io/revision";
 
+/// Pod label naming the pod's slot: the identity a replacement pod inherits, so the failing-limit
+/// restart history (`status.restarts[].pod`) survives a delete-and-recreate.
+pub const SLOT_LABEL: &str = "autocrane.io/slot";
+
 /// Pod annotation holding the app version the pod runs.
 pub const APP_VERSION_ANNOTATION: &str = "autocrane.io/app-version";
 

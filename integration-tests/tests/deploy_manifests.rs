@@ -110,3 +110,44 @@ fn components_run_hardened_with_probes_and_limits() {
         }
     }
 }
+
+/// Applies `deploy/rbac.yaml` to kube-sim with kubectl (auth on) and asks `kubectl auth can-i` as
+/// each component's ServiceAccount: each may do its job and nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rbac_applies_and_grants_each_component_only_its_job() {
+    use autocrane_integration_tests::{run, system_tool};
+    use std::process::Command;
+
+    let sim = kube_sim::KubeSim::builder().auth(true).start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    sim.write_kubeconfig(&kubeconfig).unwrap();
+    let kubectl = |args: &[&str]| {
+        run(Command::new(system_tool("kubectl"))
+            .args(args)
+            .env("KUBECONFIG", &kubeconfig)
+            .env("KUBECACHEDIR", dir.path().join("cache")))
+    };
+    let root = workspace_root();
+    for file in ["deploy/crds/autocranedeployment.yaml", "deploy/rbac.yaml"] {
+        let (ok, out, err) = kubectl(&["apply", "-f", root.join(file).to_str().unwrap()]);
+        assert!(ok, "applying {file}: {out}{err}");
+    }
+    let can = |account: &str, verb: &str, resource: &str, namespace: &str| {
+        let user = format!("system:serviceaccount:autocrane-system:{account}");
+        let (_, out, _) = kubectl(&["auth", "can-i", verb, resource, "-n", namespace, "--as", &user]);
+        out.trim() == "yes"
+    };
+    let listener = "autocrane-watchdog-listener";
+    assert!(can(listener, "patch", "pods", "shop"));
+    assert!(can(listener, "create", "tokenreviews.authentication.k8s.io", "shop"));
+    assert!(!can(listener, "delete", "pods", "shop"));
+    assert!(!can(listener, "get", "secrets", "shop"));
+    let controller = "autocrane-controller";
+    assert!(can(controller, "create", "pods", "shop"));
+    assert!(can(controller, "patch", "autocranedeployments.autocrane.io/status", "shop"));
+    assert!(!can(controller, "get", "secrets", "shop"));
+    assert!(!can(controller, "create", "leases.coordination.k8s.io", "shop"));
+    assert!(can(controller, "create", "leases.coordination.k8s.io", "autocrane-system"));
+    assert!(!can("autocrane-version-watcher", "get", "pods", "shop"));
+}

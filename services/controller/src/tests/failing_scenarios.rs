@@ -1,0 +1,212 @@
+//! Failing-limit scenarios: threshold, concurrency, per-pod budget, Degraded, no double counting.
+
+use std::time::Duration as StdDuration;
+
+use autocrane_api::crd::{Phase, RestartRecord, condition};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use super::builders::*;
+use crate::conditions::reason;
+use crate::model::{Action, DeleteReason};
+
+/// 4 pods of v1; error threshold 60 s, 1 restart at once, 2 per pod per hour.
+fn world() -> World {
+    World::running(
+        deployment()
+            .replicas(4)
+            .pinned("v1")
+            .failing(60, 1, 2, 3600),
+    )
+}
+
+fn restarts(plan: &crate::model::Plan) -> Vec<String> {
+    plan.actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::DeletePod {
+                name,
+                reason: DeleteReason::Restart,
+            } => Some(name.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn fail(world: &mut World, index: usize) -> String {
+    let now = world.now;
+    let pod = &mut world.pods[index];
+    pod.health = Error;
+    pod.health_since = now;
+    pod.name.clone()
+}
+
+#[test]
+fn stable_pod_in_error_past_threshold_is_restarted_in_its_slot() {
+    let mut world = world();
+    let name = fail(&mut world, 0);
+    let slot = world.pods[0].slot.clone();
+    let plan = world.step();
+    assert!(restarts(&plan).is_empty(), "not yet past the threshold");
+    assert_eq!(plan.requeue_after, Some(StdDuration::from_secs(60)));
+    world.tick(60);
+    let plan = world.step();
+    assert_eq!(restarts(&plan), std::slice::from_ref(&name));
+    let replacement = plan.actions.iter().find_map(|a| match a {
+        Action::CreatePod { slot, name, .. } => Some((slot.clone(), name.clone())),
+        _ => None,
+    });
+    let (new_slot, new_name) = replacement.expect("replaced in the same pass");
+    assert_eq!(
+        new_slot, slot,
+        "the replacement inherits the slot and its restart history"
+    );
+    assert_ne!(
+        new_name, name,
+        "the old pod still terminates under its name"
+    );
+    assert_eq!(
+        plan.status.restarts,
+        [RestartRecord {
+            pod: slot,
+            at: Time(world.now)
+        }]
+    );
+    assert!(world.event_reasons().contains(&reason::POD_RESTARTED));
+    assert_eq!(
+        world.condition(condition::DEGRADED).reason,
+        reason::WITHIN_FAILING_LIMIT
+    );
+}
+
+#[test]
+fn at_most_max_concurrent_restarts_at_once() {
+    let mut world = world();
+    fail(&mut world, 0);
+    fail(&mut world, 1);
+    world.tick(60);
+    let plan = world.step();
+    assert_eq!(restarts(&plan).len(), 1);
+    // The replacement is not Ready yet: the restart is still in flight.
+    let plan = world.step();
+    assert!(restarts(&plan).is_empty());
+    world.kubelet();
+    let plan = world.step();
+    assert_eq!(
+        restarts(&plan).len(),
+        1,
+        "the first replacement is Ready: the next restart may go"
+    );
+}
+
+#[test]
+fn per_pod_budget_exhausted_degrades_and_kills_nothing_more() {
+    let mut world = world();
+    for round in 0..2 {
+        fail(&mut world, 0);
+        world.tick(60);
+        let plan = world.step();
+        assert_eq!(restarts(&plan).len(), 1, "restart {round}");
+        world.kubelet();
+        // The replacement is the last pod; keep the failing one at index 0.
+        let last = world.pods.pop().unwrap();
+        world.pods.insert(0, last);
+    }
+    fail(&mut world, 0);
+    fail(&mut world, 1);
+    world.tick(60);
+    let plan = world.step();
+    assert!(restarts(&plan).is_empty(), "nothing more is killed");
+    let degraded = world.condition(condition::DEGRADED);
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("True", reason::RESTART_LIMIT_EXCEEDED)
+    );
+    assert_eq!(plan.status.phase, Some(Phase::Degraded));
+    assert_eq!(
+        world
+            .events
+            .iter()
+            .filter(|e| e.reason == reason::RESTART_LIMIT_EXCEEDED)
+            .count(),
+        1
+    );
+    world.step();
+    assert_eq!(
+        world
+            .events
+            .iter()
+            .filter(|e| e.reason == reason::RESTART_LIMIT_EXCEEDED)
+            .count(),
+        1,
+        "one Event per transition"
+    );
+    // When the window has passed, restarts resume.
+    world.tick(3600);
+    let plan = world.step();
+    assert_eq!(restarts(&plan).len(), 1);
+    assert_eq!(world.condition(condition::DEGRADED).status, "False");
+}
+
+#[test]
+fn restarts_disabled_degrades() {
+    let mut world = World::running(
+        deployment()
+            .replicas(2)
+            .pinned("v1")
+            .failing(60, 0, 2, 3600),
+    );
+    fail(&mut world, 0);
+    world.tick(60);
+    let plan = world.step();
+    assert!(restarts(&plan).is_empty());
+    assert_eq!(
+        world.condition(condition::DEGRADED).reason,
+        reason::RESTARTS_DISABLED
+    );
+}
+
+#[test]
+fn new_revision_pods_roll_back_instead_of_restarting() {
+    let mut world = world();
+    world.broken_versions.insert("v2".into());
+    world.acd.spec.version.as_mut().unwrap().pinned = Some("v2".into());
+    world.step();
+    world.kubelet();
+    world.tick(60);
+    let plan = world.step();
+    assert!(
+        restarts(&plan).is_empty(),
+        "a failing new pod is the rollout's business"
+    );
+    assert!(
+        plan.status.restarts.is_empty(),
+        "and uses no restart budget"
+    );
+    assert_eq!(plan.status.bad_versions.len(), 1);
+}
+
+#[test]
+fn pods_being_rolled_back_are_not_counted_as_restarts() {
+    let mut world = world();
+    world.broken_versions.insert("v2".into());
+    world.acd.spec.version.as_mut().unwrap().pinned = Some("v2".into());
+    world.settle(20);
+    assert_eq!(world.on_version("v2"), 0);
+    assert!(world.status().restarts.is_empty());
+    assert_eq!(world.condition(condition::DEGRADED).status, "False");
+}
+
+#[test]
+fn terminated_pods_are_replaced() {
+    let mut world = world();
+    world.pods[0].phase = crate::model::PodPhase::Failed;
+    let plan = world.step();
+    assert!(plan.actions.iter().any(|a| matches!(
+        a,
+        Action::DeletePod {
+            reason: DeleteReason::Finished,
+            ..
+        }
+    )));
+    assert_eq!(creates(&plan).len(), 1);
+}
