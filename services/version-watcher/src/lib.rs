@@ -27,7 +27,12 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use autocrane_api::{
     proto::version_v1::version_watcher_server::VersionWatcherServer,
-    runtime::{RuntimeError, args::{OptionalAddr, ServerArgs}, process::Process, server::GrpcServer},
+    runtime::{
+        RuntimeError,
+        args::{OptionalAddr, ServerArgs},
+        process::Process,
+        server::GrpcServer,
+    },
 };
 
 /// Flags of `autocrane version-watcher`.
@@ -38,7 +43,11 @@ pub struct Args {
     pub server: ServerArgs,
 
     /// Directory for persisted state: sources, seen versions, quarantines, resume positions.
-    #[arg(long, env = "AUTOCRANE_STATE_DIR", default_value = "/var/lib/autocrane/version-watcher")]
+    #[arg(
+        long,
+        env = "AUTOCRANE_STATE_DIR",
+        default_value = "/var/lib/autocrane/version-watcher"
+    )]
     pub state_dir: PathBuf,
 
     /// Address of the webhook listener (registry notifications at POST /notifications, and
@@ -117,7 +126,9 @@ pub async fn run(args: Args, process: Process) -> Result<(), Error> {
         probe_timeout_secs,
     } = args;
     let auth = match &registry_credentials {
-        Some(path) => upstream::oci::Auth::from_docker_config(path).map_err(Error::LoadCredentials)?,
+        Some(path) => {
+            upstream::oci::Auth::from_docker_config(path).map_err(Error::LoadCredentials)?
+        }
         None => upstream::oci::Auth::anonymous(),
     };
     let upstreams = upstream::Upstreams::new(
@@ -167,7 +178,8 @@ mod tests {
 
     #[test]
     fn webhook_can_be_turned_off() {
-        let cli = Cli::try_parse_from(["x", "--webhook-listen", "off", "--state-dir", "/tmp/x"]).unwrap();
+        let cli =
+            Cli::try_parse_from(["x", "--webhook-listen", "off", "--state-dir", "/tmp/x"]).unwrap();
         assert_eq!(cli.args.webhook_listen, OptionalAddr(None));
     }
 }
