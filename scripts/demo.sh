@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # The README's main job: a local AutoCrane playground on loopback, showing what exists today.
-#  1. kube-sim (the project's Kubernetes API emulator) starts and writes a kubeconfig;
+#  1. kube-sim (the project's Kubernetes API emulator) starts with its kubelet simulator (pods run
+#     as local processes, each on its own loopback IP) and writes a kubeconfig;
 #  2. the real kubectl installs the AutoCraneDeployment CRD and an example deployment, and the API
 #     rejects a nonsensical one with the field named;
-#  3. the WatchdogListener starts against it; grpcurl lists its API through reflection;
+#  3. a pod runs a real HTTP server; the WatchdogListener starts against the API with its prober,
+#     which probes the pod (`probe.autocrane.io/http`) and posts the result; grpcurl lists the API
+#     through reflection;
 #  4. `autocrane watchdog post` marks a pod's watchdog `error`, and `kubectl get pods -L
 #     status.autocrane.io/health` shows the rollup change; a TTL'd `info` status follows;
 #  5. everything stops when the script ends (also on Ctrl-C).
@@ -25,7 +28,7 @@ cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; w
 trap cleanup EXIT INT TERM
 
 say "Starting kube-sim (Kubernetes API emulator) on loopback"
-"$BIN/kube-sim" --listen 127.0.0.1:0 --kubeconfig "$WORK/kubeconfig" >"$WORK/kube-sim.log" 2>&1 &
+"$BIN/kube-sim" --listen 127.0.0.1:0 --kubeconfig "$WORK/kubeconfig" --kubelet >"$WORK/kube-sim.log" 2>&1 &
 PIDS+=($!)
 for _ in $(seq 100); do [[ -s "$WORK/kubeconfig" ]] && break; sleep 0.1; done
 [[ -s "$WORK/kubeconfig" ]] || { cat "$WORK/kube-sim.log"; echo "kube-sim did not start" >&2; exit 1; }
@@ -40,16 +43,30 @@ say "A nonsensical deployment is refused by the API, naming the field"
 sed -e 's/name: web$/name: broken/' -e 's/replicas: 3/replicas: -1/' -e 's/{percent: 100}/{percent: 90}/' examples/web.yaml \
   | kubectl apply -f - 2>&1 | sed 's/^/  /' || true
 
-say "A pod to watch (kube-sim stores it; no kubelet runs it in this demo)"
+say "A pod running a real HTTP server on its own loopback IP, with an HTTP probe annotation"
 kubectl apply -f - <<'POD'
 apiVersion: v1
 kind: Pod
-metadata: {name: web-0, namespace: demo, labels: {app: web}}
-spec: {containers: [{name: web, image: "registry.example:5000/acme/web:1.0.0"}]}
+metadata:
+  name: web-0
+  namespace: demo
+  labels: {app: web}
+  annotations: {probe.autocrane.io/http: "8080/"}
+spec:
+  nodeName: sim-node
+  containers:
+    - name: web
+      image: python:3
+      command: ["python3", "-m", "http.server", "--bind", "$(POD_IP)", "8080"]
+      env: [{name: POD_IP, valueFrom: {fieldRef: {fieldPath: status.podIP}}}]
+      readinessProbe: {httpGet: {path: /, port: 8080}, periodSeconds: 1}
 POD
+run kubectl wait --for=condition=Ready pod/web-0 -n demo --timeout=60s
+run kubectl get pods -n demo -o wide
 
 say "Starting the WatchdogListener (anonymous posts allowed: local play only)"
 "$BIN/autocrane" watchdog-listener --listen 127.0.0.1:0 --admin-listen off --insecure-allow-anonymous \
+  --prober --probe-interval-secs 2 \
   >"$WORK/listener.log" 2>&1 &
 PIDS+=($!)
 ADDR=""
@@ -61,15 +78,23 @@ done
 export AUTOCRANE_WATCHDOG_SERVER="http://$ADDR" AUTOCRANE_WATCHDOG_NO_TOKEN=true
 run "$GRPCURL" -plaintext "$ADDR" list
 
-say "Posting watchdogs and watching the rollup label"
-run "$BIN/autocrane" watchdog post --pod demo/web-0 --name http --level error --message "GET /healthz returned 500"
+say "The prober found the pod's probe annotation and posted watchdog \`http\`"
+for _ in $(seq 50); do
+  kubectl get pod web-0 -n demo -o jsonpath='{.metadata.annotations}' | grep -q 'status.autocrane.io/http' && break
+  sleep 0.2
+done
+run "$BIN/autocrane" watchdog get --pod demo/web-0
+run kubectl get pods -n demo -L status.autocrane.io/health
+
+say "A person posts an error watchdog: the rollup label turns to error"
+run "$BIN/autocrane" watchdog post --pod demo/web-0 --name smoke --level error --message "checkout smoke test failed"
 sleep 0.5
 run kubectl get pods -n demo -L status.autocrane.io/health
-run "$BIN/autocrane" watchdog post --pod demo/web-0 --name http --level info --message "GET /healthz ok" --ttl 2s
+run "$BIN/autocrane" watchdog post --pod demo/web-0 --name smoke --level warning --message "checkout slow (2.1 s)" --ttl 2s
 sleep 0.5
 run kubectl get pods -n demo -L status.autocrane.io/health
 run "$BIN/autocrane" watchdog get --pod demo/web-0
-say "After the 2 s TTL the status no longer counts and the rollup goes back to unknown"
+say "After the 2 s TTL the warning no longer counts and the rollup follows the prober's info"
 sleep 2.5
 run kubectl get pods -n demo -L status.autocrane.io/health
 run "$GRPCURL" -plaintext -d '{"pod":{"namespace":"demo","name":"web-0"}}' "$ADDR" autocrane.watchdog.v1.WatchdogListener/GetPodHealth

@@ -27,6 +27,33 @@ struct Args {
     /// Load state from this file at start (if present) and save it there on exit.
     #[arg(long, env = "KUBE_SIM_SNAPSHOT")]
     snapshot: Option<PathBuf>,
+    /// Also run the kubelet simulator: pods become local processes on node `sim-node`.
+    #[arg(long, env = "KUBE_SIM_KUBELET")]
+    kubelet: bool,
+    /// With --kubelet: the program to run for images matching a pattern, as `PATTERN=PATH`
+    /// (for example `autocrane:*=target/debug/autocrane`); repeatable.
+    #[arg(long = "image", value_name = "PATTERN=PATH", value_parser = parse_image, requires = "kubelet")]
+    images: Vec<(String, PathBuf)>,
+}
+
+fn parse_image(text: &str) -> Result<(String, PathBuf), String> {
+    let (pattern, path) = text
+        .split_once('=')
+        .ok_or_else(|| format!("expected PATTERN=PATH, got {text:?}"))?;
+    if pattern.is_empty() || path.is_empty() {
+        return Err(format!("expected PATTERN=PATH, got {text:?}"));
+    }
+    Ok((pattern.to_string(), PathBuf::from(path)))
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn stop_signal() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result?,
+        _ = term.recv() => {}
+    }
+    Ok(())
 }
 
 #[tokio::main]
@@ -41,11 +68,16 @@ async fn main() -> anyhow::Result<()> {
         auth,
         ca_file,
         snapshot,
+        kubelet,
+        images,
     } = Args::parse();
     let mut builder = kube_sim::KubeSim::builder()
         .auth(auth)
         .listen(listen)
-        .https_listen(https_listen);
+        .https_listen(https_listen)
+        // With a kubelet, terminating pods go away when their containers have stopped, not after
+        // the built-in 100 ms.
+        .kubelet_delay((!kubelet).then_some(std::time::Duration::from_millis(100)));
     if let Some(p) = snapshot {
         builder = builder.snapshot(p);
     }
@@ -54,12 +86,26 @@ async fn main() -> anyhow::Result<()> {
     if let Some(p) = ca_file {
         std::fs::write(&p, sim.ca_pem())?;
     }
+    let node = if kubelet {
+        let image_map: kubelet_sim::ImageMap = images.into_iter().collect();
+        Some(
+            kubelet_sim::Kubelet::builder(sim.client())
+                .node_name("sim-node")
+                .image_map(image_map)
+                .api_server(sim.https_url(), sim.ca_pem())
+                .start()
+                .await?,
+        )
+    } else {
+        None
+    };
+    // The admin token is in the kubeconfig; it is not printed.
     println!("{}", sim.url());
     println!("https {}", sim.https_url());
-    if auth {
-        println!("admin-token {}", sim.admin_token());
+    stop_signal().await?;
+    if let Some(node) = node {
+        node.shutdown().await;
     }
-    tokio::signal::ctrl_c().await?;
     sim.shutdown().await;
     Ok(())
 }
