@@ -3,11 +3,29 @@
 //! Runs in every pod that has data sources, as an init container (`init`: block until the desired
 //! data versions are live) and as a sidecar (`sidecar`: follow changes of the desired versions and
 //! swap them in atomically). It reads the desired versions from the pod's downward-API annotations
-//! file, fetches missing files from the DataRepository, and reports each outcome as a watchdog.
-//!
-//! Status: not implemented yet (issue #7); the subcommand exits with an error saying so.
+//! file ([`desired`]; no Kubernetes API access), reacts to changes of that file through file
+//! notifications, fetches missing files from the DataRepository into a local content-addressed
+//! cache ([`cache`]), puts versions live with an atomic link swap ([`deploy`]), and reports each
+//! outcome as the watchdog `data-<name>` ([`report`]).
 
-use std::path::PathBuf;
+pub mod cache;
+pub mod deploy;
+pub mod desired;
+pub mod report;
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use autocrane_api::{
+    proto::data_v1::data_repository_client::DataRepositoryClient,
+    runtime::{
+        RuntimeError, args::ClientTlsArgs, client, process::Process, trace_context::TracedChannel,
+    },
+};
+use notify::Watcher;
 
 /// Flags of `autocrane data-deployer`.
 #[derive(clap::Args, Clone, Debug)]
@@ -17,13 +35,78 @@ pub struct Args {
     pub mode: Mode,
     /// URL of the DataRepository.
     #[arg(long, env = "AUTOCRANE_DATA_REPOSITORY")]
-    pub repository: Option<String>,
-    /// Directory under which `<source>/current` points at the live version.
+    pub repository: String,
+    /// Directory under which `<name>/current` points at the live version.
     #[arg(long, env = "AUTOCRANE_DATA_ROOT")]
-    pub root: Option<PathBuf>,
-    /// The downward-API file holding the pod's annotations.
+    pub root: PathBuf,
+    /// The downward-API file holding the pod's annotations (`data.autocrane.io/<name>: <version>`).
     #[arg(long, env = "AUTOCRANE_DESIRED_FILE")]
-    pub desired_file: Option<PathBuf>,
+    pub desired_file: PathBuf,
+    /// `<name>=<source id>`: the DataRepository source of a data source name (repeatable, or
+    /// comma-separated in the environment). A name without one is used as the source id.
+    #[arg(long = "source", env = "AUTOCRANE_DATA_SOURCES", value_delimiter = ',', value_parser = parse_source)]
+    pub sources: Vec<(String, String)>,
+    /// The local content-addressed cache (default `<root>/.cache`).
+    #[arg(long, env = "AUTOCRANE_DATA_CACHE")]
+    pub cache: Option<PathBuf>,
+    /// TLS towards the DataRepository and the WatchdogListener.
+    #[command(flatten)]
+    pub client_tls: ClientTlsArgs,
+    /// URL of the WatchdogListener; outcomes are posted as watchdog `data-<name>` when set.
+    #[arg(long, env = "AUTOCRANE_WATCHDOG_LISTENER")]
+    pub watchdog_listener: Option<String>,
+    /// File holding the bearer token for the WatchdogListener (a projected ServiceAccount token).
+    #[arg(long, env = "AUTOCRANE_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// This pod's namespace (downward API), for the watchdog.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "")]
+    pub pod_namespace: String,
+    /// This pod's name (downward API), for the watchdog.
+    #[arg(long, env = "POD_NAME", default_value = "")]
+    pub pod_name: String,
+    /// After a swap, POST `{"source","version","path"}` to this local URL.
+    #[arg(long, env = "AUTOCRANE_NOTIFY_URL", conflicts_with = "notify_signal")]
+    pub notify_url: Option<String>,
+    /// After a swap, send a signal to a process: `PID:SIGNAL` (for example `1:HUP`).
+    #[arg(long, env = "AUTOCRANE_NOTIFY_SIGNAL", value_parser = parse_signal)]
+    pub notify_signal: Option<(u32, String)>,
+    /// Run before each swap with `sh -c`, the new version's directory in `AUTOCRANE_DATA_DIR`;
+    /// a non-zero exit aborts the swap and is reported.
+    #[arg(long, env = "AUTOCRANE_VALIDATE_COMMAND")]
+    pub validate_command: Option<String>,
+    /// `init`: give up after this many seconds.
+    #[arg(long, env = "AUTOCRANE_INIT_TIMEOUT_SECS", default_value_t = 300)]
+    pub timeout: u64,
+    /// Version directories kept per source, the live one included (at least 2: the previous
+    /// version stays for instant rollback).
+    #[arg(long, env = "AUTOCRANE_KEEP_VERSIONS", default_value_t = 2)]
+    pub keep_versions: usize,
+    /// Give up a fetch after this many seconds without progress.
+    #[arg(long, env = "AUTOCRANE_FETCH_PATIENCE_SECS", default_value_t = 120)]
+    pub fetch_patience_secs: u64,
+}
+
+fn parse_source(text: &str) -> Result<(String, String), String> {
+    let (name, id) = text
+        .split_once('=')
+        .ok_or_else(|| "expected <name>=<source id>".to_string())?;
+    if !desired::is_label(name) || id.is_empty() {
+        return Err("expected <name>=<source id> with a DNS-1123 label name".into());
+    }
+    Ok((name.to_string(), id.to_string()))
+}
+
+fn parse_signal(text: &str) -> Result<(u32, String), String> {
+    let (pid, signal) = text
+        .split_once(':')
+        .ok_or_else(|| "expected PID:SIGNAL".to_string())?;
+    let pid = pid
+        .parse()
+        .map_err(|_| "the PID is not a number".to_string())?;
+    if signal.is_empty() || !signal.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err("the signal must be a name (HUP) or a number".into());
+    }
+    Ok((pid, signal.to_string()))
 }
 
 /// How the deployer runs.
@@ -38,19 +121,321 @@ pub enum Mode {
 /// Errors of the DataDeployer.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// This build does not contain the DataDeployer yet.
-    #[error("the data deployer is not implemented in this build (issue #7)")]
-    NotImplemented,
+    /// A client could not be configured.
+    #[error("configuring the client of {0}")]
+    Client(&'static str, #[source] RuntimeError),
+    /// The cache could not be opened.
+    #[error("opening the cache")]
+    OpenCache(#[source] cache::FetchError),
+    /// The annotations file cannot be watched.
+    #[error("watching {path}")]
+    Watch {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: notify::Error,
+    },
+    /// The watchdog flags are incomplete.
+    #[error("--watchdog-listener needs --pod-namespace and --pod-name (POD_NAMESPACE, POD_NAME)")]
+    PodUnknown,
+    /// `init` gave up.
+    #[error("timed out after {secs} s waiting for the desired data versions; not live: {pending}")]
+    Timeout {
+        /// The timeout.
+        secs: u64,
+        /// What is missing, with the last error of each.
+        pending: String,
+    },
 }
 
-/// Runs the deployer.
-pub async fn run(args: Args) -> Result<(), Error> {
+/// Runs the deployer until shutdown (sidecar) or until every desired version is live (init).
+pub async fn run(args: Args, process: Process) -> Result<(), Error> {
     let Args {
         mode,
-        repository: _,
-        root: _,
-        desired_file: _,
+        repository,
+        root,
+        desired_file,
+        sources,
+        cache,
+        client_tls,
+        watchdog_listener,
+        token_file,
+        pod_namespace,
+        pod_name,
+        notify_url,
+        notify_signal,
+        validate_command,
+        timeout,
+        keep_versions,
+        fetch_patience_secs,
     } = args;
-    tracing::error!(?mode, "The data deployer is not implemented in this build");
-    Err(Error::NotImplemented)
+    let sources: BTreeMap<String, String> = sources.into_iter().collect();
+    // Large HTTP/2 windows and frames: with the 64 KiB windows and 16 KiB frames of the
+    // defaults, every 1 MiB chunk waits for window updates and is cut into 64 frames.
+    let endpoint = client::endpoint(&repository, &client_tls)
+        .map_err(|e| Error::Client("the DataRepository", e))?
+        .initial_stream_window_size(Some(16 << 20))
+        .initial_connection_window_size(Some(32 << 20))
+        .max_frame_size(Some(4 << 20));
+    let channel = TracedChannel::new(endpoint.connect_lazy());
+    let cache = cache::Cache::open(&cache.unwrap_or_else(|| root.join(".cache")))
+        .map_err(Error::OpenCache)?;
+    let notify = match (notify_url, notify_signal) {
+        (Some(url), _) => Some(deploy::Notify::Url(url)),
+        (None, Some((pid, signal))) => Some(deploy::Notify::Signal(pid, signal)),
+        (None, None) => None,
+    };
+    let mut deployer = deploy::Deployer::new(
+        root.clone(),
+        cache,
+        DataRepositoryClient::new(channel).max_decoding_message_size(8 << 20),
+        keep_versions,
+        Duration::from_secs(fetch_patience_secs.max(1)),
+        validate_command,
+        notify,
+    );
+    if let Err(e) = deployer.clean_leftovers() {
+        tracing::warn!(error = %e, "Cleaning leftovers failed");
+    }
+    let reporter = match watchdog_listener {
+        Some(url) => {
+            if pod_namespace.is_empty() || pod_name.is_empty() {
+                return Err(Error::PodUnknown);
+            }
+            let channel = client::channel(&url, &client_tls)
+                .map_err(|e| Error::Client("the WatchdogListener", e))?;
+            Some(report::Reporter::new(
+                channel,
+                token_file,
+                pod_namespace,
+                pod_name,
+            ))
+        }
+        None => None,
+    };
+
+    let (events, mut changes) = tokio::sync::mpsc::unbounded_channel();
+    let watch_dir = desired_file
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    let mut watcher = notify::recommended_watcher(move |_event: notify::Result<notify::Event>| {
+        let _ = events.send(());
+    })
+    .map_err(|source| Error::Watch {
+        path: watch_dir.clone(),
+        source,
+    })?;
+    watcher
+        .watch(&watch_dir, notify::RecursiveMode::NonRecursive)
+        .map_err(|source| Error::Watch {
+            path: watch_dir.clone(),
+            source,
+        })?;
+
+    let started = tokio::time::Instant::now();
+    let deadline = started + Duration::from_secs(timeout);
+    let mut posted: BTreeMap<String, String> = BTreeMap::new();
+    let mut failures: BTreeMap<String, String> = BTreeMap::new();
+    let mut backoff = Duration::from_millis(200);
+    tracing::info!(?mode, root = %root.display(), desired_file = %desired_file.display(), "Data deployer started");
+    loop {
+        let wanted = match read_desired(&desired_file, &sources) {
+            Ok(wanted) => Some(wanted),
+            Err(e) => {
+                tracing::warn!(error = %e, "Cannot read the desired versions yet");
+                failures.insert("<annotations>".into(), e);
+                None
+            }
+        };
+        if let Some(wanted) = &wanted {
+            failures.clear();
+            for desired in wanted {
+                let outcome = if deployer.is_live(desired) {
+                    Ok(None)
+                } else {
+                    let span = tracing::info_span!("apply", source = %desired.name, version = %desired.version);
+                    let apply = tracing::Instrument::instrument(deployer.apply(desired), span);
+                    let result = match mode {
+                        Mode::Init => tokio::time::timeout_at(deadline, apply)
+                            .await
+                            .unwrap_or(Err(deploy::DeployError::TimedOut)),
+                        Mode::Sidecar => tokio::select! {
+                            result = apply => result,
+                            () = process.shutdown.wait() => return Ok(()),
+                        },
+                    };
+                    result.map(Some)
+                };
+                let text = match &outcome {
+                    Ok(Some(applied)) => {
+                        tracing::info!(
+                            source = %desired.name,
+                            version = %desired.version,
+                            reused = applied.reused,
+                            fetched_blobs = applied.fetch.blobs,
+                            fetched_bytes = applied.fetch.bytes,
+                            version_bytes = applied.version_bytes,
+                            corrupt_refetched = applied.fetch.corrupt,
+                            fetch_calls = applied.fetch.calls,
+                            fetch_ms = applied.fetch_time.as_millis() as u64,
+                            materialize_ms = applied.materialize_time.as_millis() as u64,
+                            "Version applied"
+                        );
+                        Ok(desired.version.as_str())
+                    }
+                    Ok(None) => Ok(desired.version.as_str()),
+                    Err(e) => {
+                        let reason = format!("version {}: {}", desired.version, error_chain(e));
+                        tracing::warn!(source = %desired.name, error = %reason, "Applying a version failed");
+                        failures.insert(desired.name.clone(), reason);
+                        Err(failures[&desired.name].as_str())
+                    }
+                };
+                let key = match text {
+                    Ok(v) => format!("ok {v}"),
+                    Err(r) => format!("error {r}"),
+                };
+                if let Some(reporter) = &reporter
+                    && posted.get(&desired.name) != Some(&key)
+                {
+                    match reporter.report(&desired.name, text).await {
+                        Ok(()) => {
+                            posted.insert(desired.name.clone(), key);
+                        }
+                        Err(e) => {
+                            tracing::warn!(source = %desired.name, error = %e, "Posting the watchdog failed; will retry");
+                            failures
+                                .entry(format!("{}/report", desired.name))
+                                .or_insert(e);
+                        }
+                    }
+                }
+            }
+        }
+        if failures.is_empty() {
+            backoff = Duration::from_millis(200);
+            if mode == Mode::Init {
+                tracing::info!(elapsed = ?started.elapsed(), "Every desired data version is live");
+                return Ok(());
+            }
+        }
+        if mode == Mode::Init && tokio::time::Instant::now() >= deadline {
+            let pending = failures
+                .iter()
+                .map(|(k, v)| format!("{k}: {v}"))
+                .collect::<Vec<_>>()
+                .join("; ");
+            return Err(Error::Timeout {
+                secs: timeout,
+                pending,
+            });
+        }
+        let wait = if failures.is_empty() {
+            Duration::from_secs(3600)
+        } else {
+            backoff
+        };
+        let wait_until = match mode {
+            Mode::Init => (tokio::time::Instant::now() + wait).min(deadline),
+            Mode::Sidecar => tokio::time::Instant::now() + wait,
+        };
+        tokio::select! {
+            event = changes.recv() => {
+                if event.is_none() {
+                    return Ok(());
+                }
+                // The kubelet swaps several links at once: take the whole burst.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                while changes.try_recv().is_ok() {}
+            }
+            () = tokio::time::sleep_until(wait_until) => {
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+            () = process.shutdown.wait() => return Ok(()),
+        }
+    }
+}
+
+fn read_desired(
+    path: &Path,
+    sources: &BTreeMap<String, String>,
+) -> Result<Vec<desired::Desired>, String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let annotations =
+        desired::parse_annotations(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(desired::desired(&annotations, sources))
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let next = cause.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+
+    #[derive(Parser, Debug)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    #[test]
+    fn flags_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn sources_and_signals_parse() {
+        let cli = Cli::try_parse_from([
+            "x",
+            "sidecar",
+            "--repository",
+            "http://r",
+            "--root",
+            "/d",
+            "--desired-file",
+            "/a",
+            "--source",
+            "config=git-0123",
+            "--notify-signal",
+            "1:HUP",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.args.sources,
+            vec![("config".to_string(), "git-0123".to_string())]
+        );
+        assert_eq!(cli.args.notify_signal, Some((1, "HUP".to_string())));
+        assert!(
+            Cli::try_parse_from([
+                "x",
+                "init",
+                "--repository",
+                "r",
+                "--root",
+                "/d",
+                "--desired-file",
+                "/a",
+                "--source",
+                "Bad"
+            ])
+            .is_err()
+        );
+    }
 }

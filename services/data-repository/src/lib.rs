@@ -1,14 +1,34 @@
 //! # DataRepository
 //!
-//! Stores data versions content-addressed and streams them to the DataDeployers (`autocrane.data.v1`).
+//! Stores data versions content-addressed and streams them to the DataDeployers
+//! (`autocrane.data.v1`).
 //!
-//! Status: the gRPC service is served with the shared runtime (health, reflection, limits, TLS,
-//! tracing, graceful shutdown), but its RPCs are not implemented yet and answer UNIMPLEMENTED;
-//! issue #7 implements them.
+//! Data flow: `TrackSource` asks the VersionWatcher for the source's id → [`follow`] holds a
+//! `WatchVersions` stream per tracked source → for each new current version [`origin`] fetches
+//! the content (git, HTTP archive, directory) → [`stage`] checks every entry ([`tree`] holds the
+//! pure rules) and writes blobs into a staging directory → [`store`] moves the blobs into the
+//! content-addressed store and only then writes the manifest, applies retention, and announces
+//! the change → [`grpc`] serves manifests, `WatchSynced` and `Fetch`.
+
+pub mod follow;
+pub mod grpc;
+pub mod metrics;
+pub mod origin;
+pub mod stage;
+pub mod store;
+pub mod tree;
+
+use std::path::PathBuf;
 
 use autocrane_api::{
-    proto::data_v1::data_repository_server::{DataRepository, DataRepositoryServer},
-    runtime::{RuntimeError, args::ServerArgs, process::Process, server::GrpcServer},
+    proto::data_v1::data_repository_server::DataRepositoryServer,
+    runtime::{
+        RuntimeError,
+        args::{ClientTlsArgs, ServerArgs},
+        client,
+        process::Process,
+        server::GrpcServer,
+    },
 };
 
 /// Flags of `autocrane data-repository`.
@@ -17,6 +37,42 @@ pub struct Args {
     /// Where and how the gRPC server listens.
     #[command(flatten)]
     pub server: ServerArgs,
+
+    /// The store directory (blobs, manifests, tracked sources, pins); it survives restarts.
+    #[arg(
+        long,
+        env = "AUTOCRANE_STORE",
+        default_value = "/var/lib/autocrane/data-repository"
+    )]
+    pub store: PathBuf,
+
+    /// URL of the VersionWatcher (`http://host:port` or `https://host:port`).
+    #[arg(
+        long,
+        env = "AUTOCRANE_VERSION_WATCHER",
+        default_value = "http://127.0.0.1:7070"
+    )]
+    pub version_watcher: String,
+
+    /// TLS towards the VersionWatcher.
+    #[command(flatten)]
+    pub client_tls: ClientTlsArgs,
+
+    /// Largest version accepted (sum of its file sizes, as actually read), in bytes.
+    #[arg(long, env = "AUTOCRANE_MAX_VERSION_BYTES", default_value_t = 4 << 30)]
+    pub max_version_bytes: u64,
+
+    /// How many newest versions of each source are kept, besides the pinned ones.
+    #[arg(long, env = "AUTOCRANE_KEEP_VERSIONS", default_value_t = 5)]
+    pub keep_versions: usize,
+
+    /// Concurrent Fetch streams; more get RESOURCE_EXHAUSTED.
+    #[arg(long, env = "AUTOCRANE_MAX_CONCURRENT_FETCHES", default_value_t = 64)]
+    pub max_concurrent_fetches: usize,
+
+    /// Bytes per second one Fetch stream may send; 0 means unlimited.
+    #[arg(long, env = "AUTOCRANE_FETCH_BYTES_PER_SECOND", default_value_t = 0)]
+    pub fetch_bytes_per_second: u64,
 }
 
 /// Errors of the component.
@@ -25,20 +81,70 @@ pub enum Error {
     /// The gRPC server could not start or failed.
     #[error("serving the DataRepository API")]
     Serve(#[source] RuntimeError),
+    /// The store could not be opened.
+    #[error("opening the store")]
+    OpenStore(#[source] store::StoreError),
+    /// The VersionWatcher URL or TLS settings are unusable.
+    #[error("configuring the VersionWatcher client")]
+    VersionWatcher(#[source] RuntimeError),
 }
-
-/// The service; every RPC currently answers UNIMPLEMENTED (generated default stubs).
-#[derive(Clone, Debug, Default)]
-pub struct Service;
-
-#[tonic::async_trait]
-impl DataRepository for Service {}
 
 /// Runs the component until the process shuts down.
 pub async fn run(args: Args, process: Process) -> Result<(), Error> {
-    let Args { server } = args;
+    let Args {
+        server,
+        store,
+        version_watcher,
+        client_tls,
+        max_version_bytes,
+        keep_versions,
+        max_concurrent_fetches,
+        fetch_bytes_per_second,
+    } = args;
+    let store = tokio::task::spawn_blocking(move || store::Store::open(&store, keep_versions))
+        .await
+        .expect("the store task does not panic")
+        .map_err(Error::OpenStore)?;
+    let channel = client::channel(&version_watcher, &client_tls).map_err(Error::VersionWatcher)?;
+    let origins = origin::Origins::new(store.clone(), max_version_bytes);
+    let metrics = metrics::Metrics::register(&process.registry);
+    let followers = follow::Followers::new(
+        metrics.clone(),
+        store.clone(),
+        origins,
+        channel,
+        process.shutdown.clone(),
+    );
+    for (id, spec) in store.tracked() {
+        followers.start(&id, spec);
+    }
+    let service = grpc::Service::new(
+        store,
+        followers,
+        process.shutdown.clone(),
+        max_concurrent_fetches,
+        fetch_bytes_per_second,
+        metrics,
+    );
     let grpc = GrpcServer::new(&server)
         .map_err(Error::Serve)?
-        .add_service(DataRepositoryServer::new(Service));
+        .add_service(DataRepositoryServer::new(service));
     process.serve(&server, grpc).await.map_err(Error::Serve)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+
+    #[derive(Parser, Debug)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    #[test]
+    fn flags_are_consistent() {
+        Cli::command().debug_assert();
+    }
 }

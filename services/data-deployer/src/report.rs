@@ -1,0 +1,101 @@
+//! Outbound calls: the `data-<name>` watchdog posted to the WatchdogListener after each outcome,
+//! and the HTTP POST that tells the app about a swap.
+
+use std::{path::PathBuf, time::Duration};
+
+use autocrane_api::{
+    keys::data_watchdog,
+    proto::watchdog_v1::{
+        Level, PodRef, PostWatchdogRequest, watchdog_listener_client::WatchdogListenerClient,
+    },
+    runtime::client::AutoCraneChannel,
+};
+use bytes::Bytes;
+use http_body_util::Full;
+
+/// Largest watchdog message the listener accepts.
+const MAX_MESSAGE_BYTES: usize = 1024;
+
+/// Posts the deployer's outcomes as watchdogs.
+#[derive(Clone, Debug)]
+pub struct Reporter {
+    client: WatchdogListenerClient<AutoCraneChannel>,
+    token_file: Option<PathBuf>,
+    pod: PodRef,
+}
+
+impl Reporter {
+    /// A reporter for `pod`, authenticating with the token in `token_file` (re-read on every post,
+    /// since projected tokens rotate).
+    pub fn new(
+        channel: AutoCraneChannel,
+        token_file: Option<PathBuf>,
+        namespace: String,
+        name: String,
+    ) -> Self {
+        Self {
+            client: WatchdogListenerClient::new(channel),
+            token_file,
+            pod: PodRef { namespace, name },
+        }
+    }
+
+    /// Posts watchdog `data-<source>`: info `applied <version>`, or error with the reason.
+    pub async fn report(&self, source: &str, outcome: Result<&str, &str>) -> Result<(), String> {
+        let (level, mut message) = match outcome {
+            Ok(version) => (Level::Info, format!("applied {version}")),
+            Err(reason) => (Level::Error, reason.to_string()),
+        };
+        if message.len() > MAX_MESSAGE_BYTES {
+            let mut cut = MAX_MESSAGE_BYTES - 3;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+            message.push_str("...");
+        }
+        let mut request = tonic::Request::new(PostWatchdogRequest {
+            pod: Some(self.pod.clone()),
+            name: data_watchdog(source),
+            level: level as i32,
+            message,
+            ttl: None,
+        });
+        request.set_timeout(Duration::from_secs(10));
+        if let Some(path) = &self.token_file {
+            let token = tokio::fs::read_to_string(path)
+                .await
+                .map_err(|e| format!("reading the token file {}: {e}", path.display()))?;
+            let value = format!("Bearer {}", token.trim())
+                .parse()
+                .map_err(|_| "the token is not a valid header value".to_string())?;
+            request.metadata_mut().insert("authorization", value);
+        }
+        self.client
+            .clone()
+            .post_watchdog(request)
+            .await
+            .map(|_| ())
+            .map_err(|status| format!("{:?}: {}", status.code(), status.message()))
+    }
+}
+
+/// POSTs a JSON body to a local `http://` URL.
+pub async fn post_json(url: &str, body: String) -> Result<(), String> {
+    let uri: http::Uri = url.parse().map_err(|e| format!("bad URL: {e}"))?;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let request = http::Request::post(uri)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| e.to_string())?;
+    let response = tokio::time::timeout(Duration::from_secs(10), client.request(request))
+        .await
+        .map_err(|_| "timed out after 10 s".to_string())?
+        .map_err(|e| e.to_string())?;
+    if response.status().is_success() {
+        Ok(())
+    } else {
+        Err(format!("the app answered {}", response.status()))
+    }
+}
