@@ -98,13 +98,17 @@ impl Command {
             Command::WatchdogListener(args) => {
                 autocrane_watchdog_listener::run(args, process()).await?
             }
+            Command::Watchdog(args) => autocrane_watchdog_listener::cli::run(args).await?,
+            Command::WatchdogProber(args) => {
+                autocrane_watchdog_listener::run_prober(args, process()).await?
+            }
             Command::VersionWatcher(args) => {
                 autocrane_version_watcher::run(args, process()).await?
             }
             Command::DataRepository(args) => {
                 autocrane_data_repository::run(args, process()).await?
             }
-            Command::DataDeployer(args) => autocrane_data_deployer::run(args).await?,
+            Command::DataDeployer(args) => autocrane_data_deployer::run(args, process()).await?,
             Command::Crd => print!("{}", AutoCraneDeployment::crd_yaml()),
         }
         Ok(())

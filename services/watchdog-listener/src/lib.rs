@@ -135,7 +135,9 @@ pub enum Error {
     #[error("unauthenticated: {0}")]
     Unauthenticated(String),
     /// The caller may not do this.
-    #[error("permission denied: may not {verb} watchdogs.autocrane.io in namespace {namespace:?}: {reason}")]
+    #[error(
+        "permission denied: may not {verb} watchdogs.autocrane.io in namespace {namespace:?}: {reason}"
+    )]
     PermissionDenied {
         /// The RBAC verb.
         verb: &'static str,
@@ -263,12 +265,19 @@ pub async fn run(args: Args, process: Process) -> Result<(), Error> {
         .await
         .map_err(Error::ConnectKube)?;
     let (grpc, _writer) = grpc_server(&args, client, &process.shutdown)?;
-    process.serve(&args.server, grpc).await.map_err(Error::Serve)
+    process
+        .serve(&args.server, grpc)
+        .await
+        .map_err(Error::Serve)
 }
 
 /// Starts the listener with `client` on `args.server.listen` (port 0 allowed) and returns once it
 /// is bound. No admin listener.
-pub async fn start(args: Args, client: ::kube::Client, shutdown: Shutdown) -> Result<Running, Error> {
+pub async fn start(
+    args: Args,
+    client: ::kube::Client,
+    shutdown: Shutdown,
+) -> Result<Running, Error> {
     let (grpc, writer) = grpc_server(&args, client, &shutdown)?;
     let (addr, serving) = grpc.bind(shutdown).await.map_err(Error::Serve)?;
     let task = tokio::spawn(async move { serving.await.map_err(Error::Serve) });
@@ -282,7 +291,14 @@ pub async fn run_prober(args: ProberProcessArgs, process: Process) -> Result<(),
         .await
         .map_err(Error::ConnectKube)?;
     let (_pods, writer) = start_components(&write, client.clone(), &process.shutdown);
-    prober::run(client, write.watch_namespace, writer, probe, process.shutdown).await;
+    prober::run(
+        client,
+        write.watch_namespace,
+        writer,
+        probe,
+        process.shutdown,
+    )
+    .await;
     Ok(())
 }
 

@@ -1,0 +1,399 @@
+//! The HTTP prober: pods annotated `probe.autocrane.io/<name>: <port>/<path>` are probed at
+//! `http://<podIP>:<port>/<path>` and the result is posted as watchdog `<name>` through the same
+//! write path as the RPCs (so an unchanged result writes nothing).
+//!
+//! Targets come from a Kubernetes watch (a reflector store), never from listing. Every pod with an
+//! IP is probed, Ready or not (the original's deadlock, W9); pods without an IP are skipped (W8); a
+//! malformed annotation is a Warning Event on the pod, never an error watchdog (W8). A scan probes
+//! all targets concurrently through a bounded pool with a per-probe timeout, so a scan of N
+//! targets of which H hang takes about one timeout when the pool is larger than H.
+
+use std::{
+    collections::HashSet,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use autocrane_api::{keys::PROBE_ANNOTATION_PREFIX, runtime::shutdown::Shutdown};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    runtime::{
+        WatchStreamExt,
+        events::{Event, EventType, Recorder, Reporter},
+        reflector, watcher,
+    },
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+    sync::Semaphore,
+};
+
+use crate::{annotation::Level, coalesce::Op, kube::PodKey, validate, writer::Writer};
+
+/// Flags of the prober (`autocrane watchdog-prober`, or `--prober` on the listener).
+#[derive(clap::Args, Clone, Debug)]
+pub struct ProberArgs {
+    /// Seconds between the starts of two probe scans.
+    #[arg(long, env = "AUTOCRANE_PROBE_INTERVAL_SECS", default_value_t = 10)]
+    pub probe_interval_secs: u64,
+
+    /// Timeout of one probe (connect, send, read the status line), in milliseconds.
+    #[arg(long, env = "AUTOCRANE_PROBE_TIMEOUT_MS", default_value_t = 5000)]
+    pub probe_timeout_ms: u64,
+
+    /// Most probes in flight at once.
+    #[arg(long, env = "AUTOCRANE_PROBE_CONCURRENCY", default_value_t = 256)]
+    pub probe_concurrency: usize,
+}
+
+/// One thing to probe.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Target {
+    /// The pod.
+    pub pod: PodKey,
+    /// The watchdog name.
+    pub name: String,
+    /// The pod IP.
+    pub ip: String,
+    /// The port.
+    pub port: u16,
+    /// The path, without the leading `/`.
+    pub path: String,
+}
+
+impl Target {
+    /// The probed URL.
+    pub fn url(&self) -> String {
+        let host = if self.ip.contains(':') {
+            format!("[{}]", self.ip)
+        } else {
+            self.ip.clone()
+        };
+        format!("http://{host}:{}/{}", self.port, self.path)
+    }
+}
+
+/// Parses `<port>/<path>` (the original's `POD_IP:<port>/<path>` is accepted too).
+pub fn parse_probe(value: &str) -> Result<(u16, String), String> {
+    let value = value.trim();
+    let value = value.strip_prefix("POD_IP:").unwrap_or(value);
+    let (port, path) = value
+        .split_once('/')
+        .ok_or_else(|| format!("{value:?} is not <port>/<path>"))?;
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| format!("port {port:?} is not a number in 1..65535"))?;
+    if path.bytes().any(|b| !b.is_ascii_graphic()) {
+        return Err(format!(
+            "path {path:?} must be printable ASCII without spaces"
+        ));
+    }
+    Ok((port, path.to_string()))
+}
+
+/// A probe annotation that could not be used.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Malformed {
+    /// The annotation key.
+    pub key: String,
+    /// Its value.
+    pub value: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// The probe targets of `pod`, and its malformed probe annotations. A pod without an IP (or being
+/// deleted) has no targets.
+pub fn targets(pod: &Pod) -> (Vec<Target>, Vec<Malformed>) {
+    let mut found = Vec::new();
+    let mut malformed = Vec::new();
+    let ip = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.pod_ip.clone())
+        .filter(|ip| !ip.is_empty());
+    let key = PodKey::of(pod);
+    for (annotation, value) in pod.annotations() {
+        let Some(name) = annotation.strip_prefix(PROBE_ANNOTATION_PREFIX) else {
+            continue;
+        };
+        let parsed = validate::watchdog_name(name)
+            .map_err(|err| err.to_string())
+            .and_then(|()| parse_probe(value));
+        match parsed {
+            Ok((port, path)) => {
+                if let Some(ip) = &ip
+                    && pod.metadata.deletion_timestamp.is_none()
+                {
+                    found.push(Target {
+                        pod: key.clone(),
+                        name: name.to_string(),
+                        ip: ip.clone(),
+                        port,
+                        path,
+                    });
+                }
+            }
+            Err(reason) => malformed.push(Malformed {
+                key: annotation.clone(),
+                value: value.clone(),
+                reason,
+            }),
+        }
+    }
+    (found, malformed)
+}
+
+/// Probes one target: any 2xx status is info, anything else (status, refusal, timeout) error.
+pub async fn probe(target: &Target, timeout: Duration) -> (Level, String) {
+    let url = target.url();
+    let attempt = async {
+        let mut stream = TcpStream::connect((target.ip.as_str(), target.port)).await?;
+        let request = format!(
+            "GET /{} HTTP/1.1\r\nHost: {}:{}\r\nUser-Agent: autocrane-prober\r\nConnection: close\r\n\r\n",
+            target.path, target.ip, target.port
+        );
+        stream.write_all(request.as_bytes()).await?;
+        let mut head = Vec::with_capacity(64);
+        let mut buf = [0u8; 256];
+        while !head.contains(&b'\n') && head.len() < 4096 {
+            let n = stream.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            head.extend_from_slice(&buf[..n]);
+        }
+        Ok::<_, std::io::Error>(head)
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Err(_) => (
+            Level::Error,
+            format!("GET {url}: no response within {} ms", timeout.as_millis()),
+        ),
+        Ok(Err(err)) => (Level::Error, format!("GET {url}: {err}")),
+        Ok(Ok(head)) => {
+            let line = String::from_utf8_lossy(&head);
+            let code = line
+                .lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|c| c.parse::<u16>().ok());
+            match code {
+                Some(code) if (200..300).contains(&code) => {
+                    (Level::Info, format!("GET {url}: HTTP {code}"))
+                }
+                Some(code) => (Level::Error, format!("GET {url}: HTTP {code}")),
+                None => (Level::Error, format!("GET {url}: not an HTTP response")),
+            }
+        }
+    }
+}
+
+/// Probes every target concurrently, at most `concurrency` at once; results in target order.
+pub async fn scan(
+    targets: Vec<Target>,
+    timeout: Duration,
+    concurrency: usize,
+) -> Vec<(Target, Level, String)> {
+    let pool = Arc::new(Semaphore::new(concurrency.max(1)));
+    let tasks: Vec<_> = targets
+        .into_iter()
+        .map(|target| {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                let _permit = pool.acquire_owned().await.expect("pool never closes");
+                let (level, message) = probe(&target, timeout).await;
+                (target, level, message)
+            })
+        })
+        .collect();
+    let mut results = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        if let Ok(result) = task.await {
+            results.push(result);
+        }
+    }
+    results
+}
+
+/// Runs the prober until shutdown: follows pods in `namespace` (or all), scans every interval,
+/// posts results through `writer`, reports malformed annotations as Warning Events.
+pub async fn run(
+    client: Client,
+    namespace: Option<String>,
+    writer: Writer,
+    args: ProberArgs,
+    shutdown: Shutdown,
+) {
+    let ProberArgs {
+        probe_interval_secs,
+        probe_timeout_ms,
+        probe_concurrency,
+    } = args;
+    let api: Api<Pod> = match &namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let (store, store_writer) = reflector::store::<Pod>();
+    let recorder = Recorder::new(
+        client,
+        Reporter {
+            controller: "autocrane-watchdog-prober".into(),
+            instance: std::env::var("POD_NAME").ok(),
+        },
+    );
+    let feed = async move {
+        let mut reported: HashSet<(String, String, String)> = HashSet::new();
+        let mut events = reflector(store_writer, watcher(api, watcher::Config::default()))
+            .default_backoff()
+            .applied_objects()
+            .boxed();
+        while let Some(event) = events.next().await {
+            let pod = match event {
+                Ok(pod) => pod,
+                Err(err) => {
+                    tracing::warn!(error = %err, "Pod watch failed; retrying");
+                    continue;
+                }
+            };
+            for bad in targets(&pod).1 {
+                let uid = pod.uid().unwrap_or_default();
+                if !reported.insert((uid, bad.key.clone(), bad.value.clone())) {
+                    continue;
+                }
+                tracing::warn!(pod = %PodKey::of(&pod), key = %bad.key, reason = %bad.reason, "Malformed probe annotation");
+                let event = Event {
+                    type_: EventType::Warning,
+                    reason: "MalformedProbeAnnotation".into(),
+                    note: Some(format!(
+                        "{}: {:?} is not <port>/<path>: {}",
+                        bad.key, bad.value, bad.reason
+                    )),
+                    action: "Probe".into(),
+                    secondary: None,
+                };
+                if let Err(err) = recorder.publish(&event, &pod.object_ref(&())).await {
+                    tracing::warn!(error = %err, "Publishing an event failed");
+                }
+            }
+        }
+    };
+    let timeout = Duration::from_millis(probe_timeout_ms);
+    let interval = Duration::from_secs(probe_interval_secs.max(1));
+    let scans = async move {
+        if store.wait_until_ready().await.is_err() {
+            return;
+        }
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let all: Vec<Target> = store
+                .state()
+                .iter()
+                .flat_map(|pod| targets(pod).0)
+                .collect();
+            let started = Instant::now();
+            let count = all.len();
+            let results = scan(all, timeout, probe_concurrency).await;
+            for (target, level, message) in results {
+                let writer = writer.clone();
+                tokio::spawn(async move {
+                    let op = Op::Set {
+                        name: target.name.clone(),
+                        level,
+                        message,
+                        ttl: None,
+                    };
+                    if let Err(err) = writer.submit(target.pod.clone(), op).await {
+                        tracing::debug!(pod = %target.pod, error = %err, "Posting a probe result failed");
+                    }
+                });
+            }
+            tracing::debug!(targets = count, elapsed = ?started.elapsed(), "Probe scan done");
+        }
+    };
+    tokio::select! {
+        () = feed => {}
+        () = scans => {}
+        () = shutdown.wait() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_annotations_parse() {
+        assert_eq!(parse_probe("8080/healthz"), Ok((8080, "healthz".into())));
+        assert_eq!(
+            parse_probe("8080/ready/deep?x=1"),
+            Ok((8080, "ready/deep?x=1".into()))
+        );
+        assert_eq!(
+            parse_probe("POD_IP:81/watchdog"),
+            Ok((81, "watchdog".into()))
+        );
+        assert_eq!(parse_probe("80/"), Ok((80, String::new())));
+        for bad in ["healthz", "http/healthz", "0/x", "70000/x", "80/a b"] {
+            assert!(parse_probe(bad).is_err(), "{bad}");
+        }
+    }
+
+    fn pod(ip: Option<&str>, annotations: &[(&str, &str)]) -> Pod {
+        let mut pod = Pod::default();
+        pod.metadata.name = Some("web-0".into());
+        pod.metadata.namespace = Some("shop".into());
+        pod.metadata.annotations = Some(
+            annotations
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        pod.status = Some(k8s_openapi::api::core::v1::PodStatus {
+            pod_ip: ip.map(str::to_string),
+            ..Default::default()
+        });
+        pod
+    }
+
+    #[test]
+    fn pods_without_ip_have_no_targets_but_malformed_annotations_are_reported() {
+        let annotations = [
+            ("probe.autocrane.io/http", "8080/healthz"),
+            ("probe.autocrane.io/bad", "eighty/x"),
+            ("other", "1/x"),
+        ];
+        let (found, malformed) = targets(&pod(Some("10.0.0.7"), &annotations));
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].url(), "http://10.0.0.7:8080/healthz");
+        assert_eq!(malformed.len(), 1);
+        assert_eq!(malformed[0].key, "probe.autocrane.io/bad");
+        let (found, malformed) = targets(&pod(None, &annotations));
+        assert!(found.is_empty());
+        assert_eq!(malformed.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn closed_port_is_an_error_with_a_message() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        let target = Target {
+            pod: PodKey::new("shop", "web-0"),
+            name: "http".into(),
+            ip: "127.0.0.1".into(),
+            port,
+            path: "healthz".into(),
+        };
+        let (level, message) = probe(&target, Duration::from_secs(1)).await;
+        assert_eq!(level, Level::Error);
+        assert!(message.starts_with("GET http://127.0.0.1:"), "{message}");
+    }
+}

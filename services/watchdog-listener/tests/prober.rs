@@ -1,0 +1,206 @@
+//! End-to-end: the HTTP prober. Pods annotated `probe.autocrane.io/<name>: <port>/<path>` get
+//! watchdog `<name>`; pods without an IP are skipped; not-Ready pods are probed; a malformed
+//! annotation gives a Warning Event, never an error watchdog; and a scan of 1,000 targets of which
+//! 10% hang takes about one probe timeout.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use autocrane_watchdog_listener::{
+    annotation::Level,
+    kube::PodKey,
+    prober::{ProberArgs, Target, scan},
+};
+use common::{Env, eventually, listener_args};
+use k8s_openapi::api::{core::v1::Pod, events::v1::Event};
+use kube::{Api, ResourceExt, api::ListParams};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpListener,
+};
+
+/// A tiny HTTP server: `/ok*` → 200, `/fail*` → 500, `/hang*` → never answers.
+async fn http_server() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 1024];
+                let n = socket.read(&mut buf).await.unwrap_or(0);
+                let request = String::from_utf8_lossy(&buf[..n]).to_string();
+                let path = request.split_whitespace().nth(1).unwrap_or("/").to_string();
+                if path.starts_with("/hang") {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                    return;
+                }
+                let status = if path.starts_with("/ok") {
+                    "200 OK"
+                } else {
+                    "500 Internal Server Error"
+                };
+                let _ = socket
+                    .write_all(
+                        format!(
+                            "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                        )
+                        .as_bytes(),
+                    )
+                    .await;
+            });
+        }
+    });
+    port
+}
+
+fn status_annotation(pod: &Pod) -> Option<String> {
+    pod.annotations().get("status.autocrane.io/http").cloned()
+}
+
+#[tokio::test]
+async fn the_prober_posts_results_skips_pods_without_ip_and_reports_malformed_annotations() {
+    let port = http_server().await;
+    let env = Env::start_with(listener_args(
+        50,
+        Some(ProberArgs {
+            probe_interval_secs: 1,
+            probe_timeout_ms: 500,
+            probe_concurrency: 16,
+        }),
+    ))
+    .await;
+    let ok = format!("{port}/ok/deep");
+    let fail = format!("{port}/fail");
+    env.pod(
+        "shop",
+        "healthy",
+        &[],
+        &[("probe.autocrane.io/http", &ok)],
+        Some("127.0.0.1"),
+    )
+    .await;
+    env.pod(
+        "shop",
+        "failing",
+        &[],
+        &[("probe.autocrane.io/http", &fail)],
+        Some("127.0.0.1"),
+    )
+    .await;
+    env.pod(
+        "shop",
+        "no-ip",
+        &[],
+        &[("probe.autocrane.io/http", &ok)],
+        None,
+    )
+    .await;
+    env.pod(
+        "shop",
+        "malformed",
+        &[],
+        &[("probe.autocrane.io/http", "eighty/ok")],
+        Some("127.0.0.1"),
+    )
+    .await;
+    // Not Ready (phase Pending with an IP): still probed, unlike the original (W9).
+    let pending = env
+        .pod(
+            "shop",
+            "pending",
+            &[],
+            &[("probe.autocrane.io/http", &ok)],
+            None,
+        )
+        .await;
+    Api::<Pod>::namespaced(env.sim.client(), "shop")
+        .patch_status(
+            &pending.name_any(),
+            &Default::default(),
+            &kube::api::Patch::Merge(
+                serde_json::json!({"status": {"phase": "Pending", "podIP": "127.0.0.1",
+                "conditions": [{"type": "Ready", "status": "False"}]}}),
+            ),
+        )
+        .await
+        .unwrap();
+
+    eventually(Duration::from_secs(8), "probe results posted", || async {
+        env.kubectl_health("shop", "healthy").await == "info"
+            && env.kubectl_health("shop", "failing").await == "error"
+            && env.kubectl_health("shop", "pending").await == "info"
+    })
+    .await;
+    let failing = status_annotation(&env.get_pod("shop", "failing").await).unwrap();
+    assert!(failing.contains("HTTP 500"), "{failing}");
+    assert_eq!(status_annotation(&env.get_pod("shop", "no-ip").await), None);
+    let malformed = env.get_pod("shop", "malformed").await;
+    assert_eq!(status_annotation(&malformed), None);
+    assert!(
+        !malformed
+            .labels()
+            .contains_key("status.autocrane.io/health")
+    );
+
+    eventually(
+        Duration::from_secs(5),
+        "a Warning Event for the malformed annotation",
+        || async {
+            let events = Api::<Event>::namespaced(env.sim.client(), "shop")
+                .list(&ListParams::default())
+                .await
+                .unwrap();
+            events.items.iter().any(|e| {
+                e.type_.as_deref() == Some("Warning")
+                    && e.reason.as_deref() == Some("MalformedProbeAnnotation")
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("malformed")
+            })
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scan_of_1000_targets_with_10_percent_hanging_takes_one_timeout() {
+    let port = http_server().await;
+    let targets: Vec<Target> = (0..1000)
+        .map(|i| Target {
+            pod: PodKey::new("load", format!("pod-{}", i / 10)),
+            name: format!("p{}", i % 10),
+            ip: "127.0.0.1".into(),
+            port,
+            path: if i % 10 == 3 {
+                format!("hang/{i}")
+            } else {
+                format!("ok/{i}")
+            },
+        })
+        .collect();
+    let timeout = Duration::from_secs(2);
+    let started = Instant::now();
+    let results = scan(targets, timeout, 256).await;
+    let elapsed = started.elapsed();
+    let errors = results
+        .iter()
+        .filter(|(_, level, _)| *level == Level::Error)
+        .count();
+    println!(
+        "scan of {} targets (100 hanging), timeout {timeout:?}: {elapsed:?}",
+        results.len()
+    );
+    assert_eq!(results.len(), 1000);
+    assert_eq!(errors, 100);
+    assert!(
+        results
+            .iter()
+            .all(|(t, level, _)| (*level == Level::Error) == t.path.starts_with("hang"))
+    );
+    assert!(
+        elapsed < timeout + Duration::from_millis(750),
+        "scan took {elapsed:?}"
+    );
+}
