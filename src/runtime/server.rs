@@ -232,7 +232,16 @@ impl GrpcServer {
                 .await;
             tracing::info!("gRPC server draining");
         };
-        let serving = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+        // `Server::tcp_nodelay` only applies when tonic binds the listener itself; with our own
+        // listener Nagle's algorithm would stay on and delay small responses by ~40 ms under
+        // concurrency (delayed ACKs), so set TCP_NODELAY on every accepted socket here.
+        let incoming = tokio_stream::StreamExt::map(TcpListenerStream::new(listener), |accepted| {
+            if let Ok(stream) = &accepted {
+                let _ = stream.set_nodelay(true);
+            }
+            accepted
+        });
+        let serving = router.serve_with_incoming_shutdown(incoming, signal);
         let drain_deadline = async {
             shutdown.wait().await;
             tokio::time::sleep(DRAIN_TIMEOUT).await;
