@@ -118,7 +118,11 @@ async fn rbac_applies_and_grants_each_component_only_its_job() {
     use autocrane_integration_tests::{run, system_tool};
     use std::process::Command;
 
-    let sim = kube_sim::KubeSim::builder().auth(true).start().await.unwrap();
+    let sim = kube_sim::KubeSim::builder()
+        .auth(true)
+        .start()
+        .await
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
     sim.write_kubeconfig(&kubeconfig).unwrap();
@@ -135,19 +139,41 @@ async fn rbac_applies_and_grants_each_component_only_its_job() {
     }
     let can = |account: &str, verb: &str, resource: &str, namespace: &str| {
         let user = format!("system:serviceaccount:autocrane-system:{account}");
-        let (_, out, _) = kubectl(&["auth", "can-i", verb, resource, "-n", namespace, "--as", &user]);
+        let (_, out, _) = kubectl(&[
+            "auth", "can-i", verb, resource, "-n", namespace, "--as", &user,
+        ]);
         out.trim() == "yes"
     };
     let listener = "autocrane-watchdog-listener";
     assert!(can(listener, "patch", "pods", "shop"));
-    assert!(can(listener, "create", "tokenreviews.authentication.k8s.io", "shop"));
+    assert!(can(
+        listener,
+        "create",
+        "tokenreviews.authentication.k8s.io",
+        "shop"
+    ));
     assert!(!can(listener, "delete", "pods", "shop"));
     assert!(!can(listener, "get", "secrets", "shop"));
     let controller = "autocrane-controller";
     assert!(can(controller, "create", "pods", "shop"));
-    assert!(can(controller, "patch", "autocranedeployments.autocrane.io/status", "shop"));
+    assert!(can(
+        controller,
+        "patch",
+        "autocranedeployments.autocrane.io/status",
+        "shop"
+    ));
     assert!(!can(controller, "get", "secrets", "shop"));
-    assert!(!can(controller, "create", "leases.coordination.k8s.io", "shop"));
-    assert!(can(controller, "create", "leases.coordination.k8s.io", "autocrane-system"));
+    assert!(!can(
+        controller,
+        "create",
+        "leases.coordination.k8s.io",
+        "shop"
+    ));
+    assert!(can(
+        controller,
+        "create",
+        "leases.coordination.k8s.io",
+        "autocrane-system"
+    ));
     assert!(!can("autocrane-version-watcher", "get", "pods", "shop"));
 }
