@@ -29,7 +29,10 @@ fn help_lists_every_subcommand_with_a_description() {
         "version-watcher",
         "data-repository",
         "data-deployer",
+        "watchdog",
+        "watchdog-prober",
         "crd",
+        "yaml",
     ] {
         let about = commands
             .iter()
@@ -67,6 +70,43 @@ fn usage_errors_exit_2_and_name_the_problem() {
 
     let output = Command::new(autocrane_bin())
         .arg("no-such-component")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+}
+
+#[test]
+fn yaml_prints_every_install_manifest_with_the_chosen_image() {
+    let (ok, printed, stderr) = run(Command::new(autocrane_bin()).args([
+        "yaml",
+        "--image",
+        "registry.example/autocrane:1.2.3",
+    ]));
+    assert!(ok, "{stderr}");
+    let documents: Vec<serde_json::Value> = printed
+        .split("\n---\n")
+        .map(|doc| serde_yaml::from_str(doc).unwrap())
+        .filter(|doc: &serde_json::Value| !doc.is_null())
+        .collect();
+    let kinds: Vec<&str> = documents
+        .iter()
+        .map(|doc| doc["kind"].as_str().unwrap())
+        .collect();
+    for kind in [
+        "CustomResourceDefinition",
+        "Namespace",
+        "ClusterRole",
+        "Deployment",
+        "Service",
+    ] {
+        assert!(kinds.contains(&kind), "{kind} missing from {kinds:?}");
+    }
+    assert_eq!(kinds[0], "CustomResourceDefinition", "the CRD comes first");
+    assert!(!printed.contains("image: autocrane:latest"));
+    assert!(printed.contains("image: registry.example/autocrane:1.2.3"));
+
+    let output = Command::new(autocrane_bin())
+        .args(["yaml", "--image", "not an image"])
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(2));

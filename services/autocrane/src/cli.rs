@@ -43,6 +43,8 @@ enum Command {
     DataDeployer(autocrane_data_deployer::Args),
     /// Print the AutoCraneDeployment CustomResourceDefinition as YAML.
     Crd,
+    /// Print the install manifests (CRD, RBAC, components) as one YAML stream for kubectl apply.
+    Yaml(crate::install::YamlArgs),
 }
 
 impl Cli {
@@ -89,6 +91,7 @@ impl Command {
             Command::DataRepository(_) => "data-repository",
             Command::DataDeployer(_) => "data-deployer",
             Command::Crd => "crd",
+            Command::Yaml(_) => "yaml",
         }
     }
 
@@ -110,6 +113,7 @@ impl Command {
             }
             Command::DataDeployer(args) => autocrane_data_deployer::run(args, process()).await?,
             Command::Crd => print!("{}", AutoCraneDeployment::crd_yaml()),
+            Command::Yaml(args) => print!("{}", crate::install::manifests(&args)),
         }
         Ok(())
     }
