@@ -21,6 +21,7 @@ pub mod stream_shutdown;
 pub mod telemetry;
 pub mod tls;
 pub mod trace_context;
+pub mod upstream_http;
 pub mod watch_client;
 
 /// Errors of the shared runtime.

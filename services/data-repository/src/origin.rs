@@ -7,7 +7,6 @@ use std::{
     io::{Read, Seek},
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    sync::Arc,
     time::Duration,
 };
 
@@ -38,23 +37,8 @@ pub struct Origins {
 impl Origins {
     /// Origins staging into `store`, rejecting versions over `max_version_bytes`.
     pub fn new(store: Store, max_version_bytes: u64) -> Self {
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls_native_certs::load_native_certs().certs {
-            let _ = roots.add(cert);
-        }
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default protocol versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .build();
-        let client = Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector);
+        let client = Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(autocrane_api::runtime::upstream_http::connector());
         Self {
             store,
             client,
