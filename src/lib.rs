@@ -5,7 +5,7 @@
 //! - [`proto`]: the gRPC API generated from `proto/` (packages `autocrane.watchdog.v1`,
 //!   `autocrane.version.v1`, `autocrane.data.v1`) and its encoded descriptor set for reflection;
 //! - [`crd`]: the `AutoCraneDeployment` custom resource (`autocrane.io/v1alpha1`);
-//! - [`keys`]: the pod label and annotation keys;
+//! - [`keys`]: the pod label and annotation keys; [`health`]: the rollup health values;
 //! - [`duration`]: the duration format of the CRD (`90s`, `5m`, `1h30m`).
 //!
 //! With the `runtime` feature it also carries [`runtime`], the one way every AutoCrane server and
@@ -14,6 +14,7 @@
 
 pub mod crd;
 pub mod duration;
+pub mod health;
 pub mod keys;
 pub mod proto;
 

@@ -15,18 +15,8 @@ pub use k8s_openapi::jiff::Timestamp;
 
 pub use autocrane_api::keys::SLOT_LABEL;
 
-/// The rollup of a pod's watchdogs (`status.autocrane.io/health`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Health {
-    /// No watchdog, or none unexpired.
-    Unknown,
-    /// The worst watchdog is `info`.
-    Info,
-    /// The worst watchdog is `warning`.
-    Warning,
-    /// At least one watchdog is `error`.
-    Error,
-}
+/// The rollup of a pod's watchdogs (`status.autocrane.io/health`), shared with the listener.
+pub use autocrane_api::health::Health;
 
 /// The pod's `status.phase`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

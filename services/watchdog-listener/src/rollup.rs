@@ -11,30 +11,7 @@ use chrono::{DateTime, Utc};
 
 use crate::annotation::{Level, Watchdog, parse_value};
 
-/// The rollup health of a pod.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Health {
-    /// No unexpired watchdog.
-    Unknown,
-    /// The worst watchdog is info.
-    Info,
-    /// The worst watchdog is warning.
-    Warning,
-    /// At least one watchdog is error.
-    Error,
-}
-
-impl Health {
-    /// The value of the label `status.autocrane.io/health`.
-    pub fn label_value(self) -> &'static str {
-        match self {
-            Health::Unknown => "unknown",
-            Health::Info => "info",
-            Health::Warning => "warning",
-            Health::Error => "error",
-        }
-    }
-}
+pub use autocrane_api::health::Health;
 
 impl From<Level> for Health {
     fn from(level: Level) -> Self {
