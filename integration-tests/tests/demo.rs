@@ -23,7 +23,10 @@ fn the_playground_demo_shows_the_rollup_following_watchdogs() {
         "health=warning",
         "\"health\": \"HEALTH_INFO\"",
     ] {
-        assert!(out.contains(expected), "the demo did not show {expected:?}:\n{out}\n{err}");
+        assert!(
+            out.contains(expected),
+            "the demo did not show {expected:?}:\n{out}\n{err}"
+        );
     }
     // The label column as kubectl prints it, in the order the demo changes it.
     let labels: Vec<&str> = out
@@ -32,7 +35,9 @@ fn the_playground_demo_shows_the_rollup_following_watchdogs() {
         .filter_map(|line| line.split_whitespace().last())
         .collect();
     assert!(
-        labels.windows(4).any(|w| w == ["info", "error", "warning", "info"]),
+        labels
+            .windows(4)
+            .any(|w| w == ["info", "error", "warning", "info"]),
         "rollup sequence {labels:?}"
     );
 }
