@@ -313,3 +313,60 @@ async fn shutdown_ends_open_streams_and_the_server_stops_promptly() {
         .unwrap();
     assert!(started.elapsed() < autocrane_api::runtime::server::DRAIN_TIMEOUT / 2);
 }
+
+/// A VersionWatcher whose `GetSource` takes a while, to hold a call open.
+#[derive(Clone, Copy)]
+struct Slow;
+
+#[tonic::async_trait]
+impl VersionWatcher for Slow {
+    async fn get_source(
+        &self,
+        _request: Request<autocrane_api::proto::version_v1::GetSourceRequest>,
+    ) -> Result<Response<autocrane_api::proto::version_v1::GetSourceResponse>, Status> {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        Ok(Response::new(Default::default()))
+    }
+}
+
+#[tokio::test]
+async fn calls_beyond_the_concurrency_limit_get_resource_exhausted() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut args = ServerArgs::local(addr);
+    args.max_concurrent_requests = 2;
+    let grpc = GrpcServer::new(&args)
+        .unwrap()
+        .add_service(VersionWatcherServer::new(Slow));
+    let (stop, shutdown) = Shutdown::new();
+    let server = tokio::spawn(grpc.serve_with_listener(listener, shutdown));
+
+    // One connection, five calls at once: two run, the rest are refused at once.
+    let channel = client::connect(&format!("http://{addr}"), &ClientTlsArgs::default())
+        .await
+        .unwrap();
+    let calls = (0..5).map(|_| {
+        let mut client = VersionWatcherClient::new(channel.clone());
+        async move {
+            client
+                .get_source(autocrane_api::proto::version_v1::GetSourceRequest::default())
+                .await
+        }
+    });
+    let results = futures::future::join_all(calls).await;
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    let exhausted = results
+        .iter()
+        .filter(|r| matches!(r, Err(s) if s.code() == tonic::Code::ResourceExhausted))
+        .count();
+    assert_eq!((ok, exhausted), (2, 3), "{results:?}");
+
+    // Once the load is gone, calls succeed again.
+    let mut client = VersionWatcherClient::new(channel);
+    client
+        .get_source(autocrane_api::proto::version_v1::GetSourceRequest::default())
+        .await
+        .unwrap();
+    stop.trigger();
+    server.await.unwrap().unwrap();
+}

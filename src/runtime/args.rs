@@ -22,7 +22,7 @@ pub struct ServerArgs {
     #[arg(long, env = "AUTOCRANE_DEFAULT_DEADLINE_SECS", default_value_t = 30)]
     pub default_deadline_secs: u64,
 
-    /// Maximum concurrent requests per connection; further calls wait.
+    /// Maximum concurrent calls per connection; further calls are refused with RESOURCE_EXHAUSTED.
     #[arg(long, env = "AUTOCRANE_MAX_CONCURRENT_REQUESTS", default_value_t = 256)]
     pub max_concurrent_requests: usize,
 

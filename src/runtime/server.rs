@@ -2,7 +2,8 @@
 //!
 //! [`GrpcServer`] always adds `grpc.health.v1` (so Kubernetes gRPC probes work) and server
 //! reflection in both v1 and v1alpha (grpcurl 1.8 speaks only v1alpha), applies the message-size
-//! limit to every service, a default deadline for unary calls, a per-connection concurrency limit,
+//! limit to every service, a default deadline for unary calls, a per-connection concurrency limit
+//! (calls beyond it get RESOURCE_EXHAUSTED),
 //! optional TLS with optional client-certificate verification, a span per RPC whose parent is the
 //! caller's W3C trace context, per-method metrics, and graceful shutdown: on the signal the health
 //! status turns NOT_SERVING, the listener stops accepting, open response streams end with OK (see
@@ -181,6 +182,9 @@ impl GrpcServer {
         let mut server = Server::builder()
             .timeout(Duration::from_secs(args.default_deadline_secs))
             .concurrency_limit_per_connection(args.max_concurrent_requests)
+            // Past the limit a call is refused at once with RESOURCE_EXHAUSTED (the contract for
+            // "overloaded") instead of queueing without bound; clients back off and retry.
+            .load_shed(true)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .tcp_nodelay(true)
             .trace_fn(trace_context::server_span);
