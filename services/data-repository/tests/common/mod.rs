@@ -20,18 +20,9 @@ use autocrane_api::proto::{
 };
 use tonic::transport::Channel;
 
-/// The `autocrane` binary built by `cargo build -p autocrane`; panics with instructions if missing.
+/// The workspace's `autocrane` binary, built (incrementally) on first use.
 pub fn autocrane_bin() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"));
-    let bin = target.join("debug/autocrane");
-    assert!(
-        bin.exists(),
-        "{} is missing: these end-to-end tests run the real binary; build it first with `cargo build -p autocrane`",
-        bin.display()
-    );
-    bin
+    autocrane_integration_tests::autocrane_bin()
 }
 
 /// A free TCP port on 127.0.0.1.

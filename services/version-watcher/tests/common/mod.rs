@@ -521,42 +521,10 @@ pub async fn connect(url: &str) -> Grpc {
         .expect("connecting to the watcher")
 }
 
-/// `<workspace>/target/debug/autocrane`, which must be built and newer than this crate's sources.
+/// The workspace's `autocrane` binary, built (incrementally) on first use, so it is never older
+/// than this crate's sources.
 pub fn autocrane_binary() -> PathBuf {
-    let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let workspace = crate_dir.parent().unwrap().parent().unwrap();
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| workspace.join("target"), PathBuf::from);
-    let binary = target.join("debug").join("autocrane");
-    let built = std::fs::metadata(&binary)
-        .and_then(|m| m.modified())
-        .unwrap_or_else(|_| {
-            panic!(
-                "{} is missing: run `cargo build -p autocrane` first",
-                binary.display()
-            )
-        });
-    let newest_source = newest_mtime(&crate_dir.join("src"));
-    assert!(
-        built >= newest_source,
-        "{} is older than services/version-watcher/src: run `cargo build -p autocrane` first",
-        binary.display()
-    );
-    binary
-}
-
-fn newest_mtime(dir: &Path) -> std::time::SystemTime {
-    let mut newest = std::time::SystemTime::UNIX_EPOCH;
-    for entry in std::fs::read_dir(dir).unwrap().flatten() {
-        let path = entry.path();
-        let time = if path.is_dir() {
-            newest_mtime(&path)
-        } else {
-            entry.metadata().unwrap().modified().unwrap()
-        };
-        newest = newest.max(time);
-    }
-    newest
+    autocrane_integration_tests::autocrane_bin()
 }
 
 /// The real `autocrane version-watcher` process.
