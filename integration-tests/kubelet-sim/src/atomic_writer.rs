@@ -10,6 +10,7 @@ use std::io;
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
 const DATA: &str = "..data";
 const DATA_TMP: &str = "..data_tmp";
@@ -29,6 +30,10 @@ pub type Payload = BTreeMap<String, FileProjection>;
 /// Write `payload` into `dir` atomically. Returns false when the current content already equals
 /// the payload (nothing written).
 pub fn write(dir: &Path, payload: &Payload) -> io::Result<bool> {
+    write_retiring_after(dir, payload, RETIRED_GRACE)
+}
+
+fn write_retiring_after(dir: &Path, payload: &Payload, grace: Duration) -> io::Result<bool> {
     for p in payload.keys() {
         validate(p)?;
     }
@@ -74,13 +79,43 @@ pub fn write(dir: &Path, payload: &Payload) -> io::Result<bool> {
             let _ = fs::remove_file(dir.join(&name));
         }
     }
-    if let Some(old) = old_ts {
-        let old_path = dir.join(&old);
-        if old_path != ts_dir {
-            let _ = fs::remove_dir_all(old_path);
+    remove_retired_generations(dir, &ts_name, old_ts.as_deref(), grace);
+    Ok(true)
+}
+
+/// How long a superseded data directory outlives the swap, at least.
+const RETIRED_GRACE: Duration = Duration::from_secs(1);
+
+/// Removes the data directories no reader can still be resolving. The real kubelet removes the
+/// old directory right after the swap, which leaves a reader that resolved `..data` an instant
+/// before it with ENOENT; readers of a file that changes 200 times in a burst hit that window.
+/// Here the directory just superseded is always kept, and older ones only go once they were
+/// written more than `grace` ago, so the window closes without the volume growing.
+fn remove_retired_generations(
+    dir: &Path,
+    current: &str,
+    just_superseded: Option<&Path>,
+    grace: Duration,
+) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let is_generation = name.starts_with("..") && name != DATA && name != DATA_TMP;
+        if !is_generation || name == current || just_superseded == Some(Path::new(&name)) {
+            continue;
+        }
+        let written_long_ago = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age >= grace);
+        if written_long_ago {
+            let _ = fs::remove_dir_all(entry.path());
         }
     }
-    Ok(true)
 }
 
 fn validate(rel: &str) -> io::Result<()> {
@@ -182,16 +217,39 @@ mod tests {
     }
 
     #[test]
-    fn an_update_swaps_data_and_removes_the_old_dir_and_stale_entries() {
+    fn an_update_swaps_data_and_removes_stale_entries_and_retired_dirs() {
         let d = tempfile::tempdir().unwrap();
         write(d.path(), &payload(&[("labels", "1"), ("old", "x")])).unwrap();
         let first = fs::read_link(d.path().join("..data")).unwrap();
         assert!(write(d.path(), &payload(&[("labels", "2"), ("sub/file", "y")])).unwrap());
         assert_eq!(fs::read_to_string(d.path().join("labels")).unwrap(), "2");
         assert_eq!(fs::read_to_string(d.path().join("sub/file")).unwrap(), "y");
-        assert!(!d.path().join(&first).exists());
         assert!(fs::symlink_metadata(d.path().join("old")).is_err());
         assert!(fs::symlink_metadata(d.path().join("..data_tmp")).is_err());
+        // A reader that resolved `..data` just before the swap still finds its file.
+        assert!(d.path().join(&first).exists(), "just superseded dir kept");
+        let second = fs::read_link(d.path().join("..data")).unwrap();
+        assert!(
+            write_retiring_after(d.path(), &payload(&[("labels", "3")]), Duration::ZERO).unwrap()
+        );
+        assert!(!d.path().join(&first).exists(), "retired dir removed");
+        assert!(d.path().join(&second).exists(), "just superseded dir kept");
+    }
+
+    #[test]
+    fn superseded_dirs_inside_the_grace_period_are_kept() {
+        let d = tempfile::tempdir().unwrap();
+        let mut generations = Vec::new();
+        for i in 0..4 {
+            write(d.path(), &payload(&[("labels", &i.to_string())])).unwrap();
+            generations.push(fs::read_link(d.path().join("..data")).unwrap());
+        }
+        for g in &generations {
+            assert!(
+                d.path().join(g).exists(),
+                "{g:?} written within the last second"
+            );
+        }
     }
 
     #[test]
