@@ -311,6 +311,11 @@ pub struct DataRollout {
     /// rollout is); default true.
     #[serde(default = "default_true")]
     pub exclusive_with_app_rollout: bool,
+    /// A running pod that was given the version being rolled out and whose DataDeployer has not
+    /// reported it applied (or failed) within this time fails the version, like a failed apply:
+    /// every pod returns to last-known-good and the version is quarantined; default 10m.
+    #[serde(default = "default_progress_deadline")]
+    pub progress_deadline: Duration,
 }
 
 /// When failing pods are restarted.
@@ -687,6 +692,7 @@ impl Default for DataRollout {
             canary_percent: default_canary_percent(),
             bake: default_data_bake(),
             exclusive_with_app_rollout: true,
+            progress_deadline: default_progress_deadline(),
         }
     }
 }

@@ -61,6 +61,9 @@ pub mod reason {
     pub const DATA_LAST_KNOWN_GOOD: &str = "DataLastKnownGood";
     /// Event (Warning): a data version failed and pods return to last-known-good.
     pub const DATA_VERSION_FAILED: &str = "DataVersionFailed";
+    /// Event (Warning): a pod did not report a data version within the data progress deadline;
+    /// pods return to last-known-good.
+    pub const DATA_PROGRESS_DEADLINE_EXCEEDED: &str = "DataProgressDeadlineExceeded";
 }
 
 /// One condition as decided in this pass.

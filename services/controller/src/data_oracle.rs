@@ -94,6 +94,30 @@ fn failed_on(pod: &PodView, source: &str, version: &str) -> bool {
         && (!applied.ok || (pod.health == Health::Error && pod.health_since >= applied.at))
 }
 
+/// A Running pod that holds `version` as desired, has not reported it (applied or failed), and
+/// has had `deadline` to do so since the stage started (or since it was created, if later).
+fn silent_past_deadline(
+    pod: &PodView,
+    source: &str,
+    version: &str,
+    stage_started_at: Timestamp,
+    deadline: StdDuration,
+    now: Timestamp,
+    wake: &mut Wakeup,
+) -> bool {
+    let reported = pod
+        .data
+        .get(source)
+        .and_then(|d| d.applied.as_ref())
+        .is_some_and(|a| a.version == version);
+    if reported || pod.phase != PodPhase::Running || desired(pod, source) != Some(version) {
+        return false;
+    }
+    let due = after(stage_started_at.max(pod.created_at), deadline);
+    wake.at(due);
+    due <= now
+}
+
 /// Moves a rollout already in progress: detects failures, promotes canaries, declares LKG, ends a
 /// revert. `live` are the deployment's pods that are not being deleted.
 pub fn advance(
@@ -140,6 +164,41 @@ pub fn advance(
                 status.stage_started_at = Some(Time(now));
                 decision.events.push(Event::warning(
                     reason::DATA_VERSION_FAILED,
+                    format!(
+                        "{why}; reverting to {}",
+                        status.lkg.as_deref().unwrap_or("nothing")
+                    ),
+                ));
+                decision.quarantine = Some((target, why));
+            }
+            DataStage::Canary | DataStage::Promoted
+                if let Some(pod) = status.stage_started_at.as_ref().and_then(|started| {
+                    live.iter().find(|p| {
+                        silent_past_deadline(
+                            p,
+                            source,
+                            &target,
+                            started.0,
+                            config.progress_deadline.as_std(),
+                            now,
+                            wake,
+                        )
+                    })
+                }) =>
+            {
+                let why = format!(
+                    "pod {} did not report {source} version {target} within the data progress deadline ({})",
+                    pod.name, config.progress_deadline,
+                );
+                status.bad.push(BadVersion {
+                    version: target.clone(),
+                    reason: why.clone(),
+                    at: Time(now),
+                });
+                status.stage = Some(DataStage::Reverting);
+                status.stage_started_at = Some(Time(now));
+                decision.events.push(Event::warning(
+                    reason::DATA_PROGRESS_DEADLINE_EXCEEDED,
                     format!(
                         "{why}; reverting to {}",
                         status.lkg.as_deref().unwrap_or("nothing")

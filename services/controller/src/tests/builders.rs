@@ -206,6 +206,10 @@ impl AcdB {
         self.0.spec.data_rollout.bake = secs(bake);
         self
     }
+    pub fn data_deadline(mut self, secs_: u64) -> Self {
+        self.0.spec.data_rollout.progress_deadline = secs(secs_);
+        self
+    }
     pub fn exclusive(mut self, on: bool) -> Self {
         self.0.spec.data_rollout.exclusive_with_app_rollout = on;
         self
@@ -249,6 +253,8 @@ pub struct World {
     pub broken_versions: BTreeSet<String>,
     /// Data versions the DataDeployer fails to apply.
     pub broken_data: BTreeSet<String>,
+    /// Data versions the DataDeployer never reports on (stuck fetching, sidecar gone).
+    pub silent_data: BTreeSet<String>,
     /// Every Event emitted so far.
     pub events: Vec<Event>,
     /// Every action taken so far.
@@ -265,6 +271,7 @@ impl World {
             now: t(0),
             broken_versions: BTreeSet::new(),
             broken_data: BTreeSet::new(),
+            silent_data: BTreeSet::new(),
             events: vec![],
             actions: vec![],
         }
@@ -388,6 +395,7 @@ impl World {
             for data in pod.data.values_mut() {
                 if let Some(want) = &data.desired
                     && data.applied.as_ref().is_none_or(|a| &a.version != want)
+                    && !self.silent_data.contains(want)
                 {
                     let ok = !self.broken_data.contains(want);
                     data.applied = Some(Applied {

@@ -121,6 +121,90 @@ fn failed_apply_reverts_canaries_and_marks_the_version_bad() {
 }
 
 #[test]
+fn a_canary_that_never_reports_fails_the_version_at_the_data_progress_deadline() {
+    let mut world = World::running(
+        deployment()
+            .replicas(4)
+            .pinned("v1")
+            .data_source("d")
+            .canary(25, 60)
+            .data_deadline(600),
+    );
+    world.data.insert("d".into(), vec!["a".into()]);
+    world.settle(40);
+    assert_eq!(world.status().data[0].lkg.as_deref(), Some("a"));
+    world.silent_data.insert("b".into());
+    world.data.insert("d".into(), vec!["b".into(), "a".into()]);
+    let plan = world.step();
+    assert_eq!(plan.status.data[0].stage, Some(DataStage::Canary));
+    world.kubelet();
+    world.tick(599);
+    let plan = world.step();
+    assert_eq!(
+        plan.status.data[0].stage,
+        Some(DataStage::Canary),
+        "still within the deadline"
+    );
+    assert_eq!(
+        plan.requeue_after,
+        Some(std::time::Duration::from_secs(1)),
+        "wakes up at the deadline"
+    );
+    world.tick(1);
+    let plan = world.step();
+    assert_eq!(plan.status.data[0].bad[0].version, "b");
+    assert!(
+        plan.status.data[0].bad[0]
+            .reason
+            .contains("did not report d version b within the data progress deadline (10m)"),
+        "{}",
+        plan.status.data[0].bad[0].reason
+    );
+    assert!(
+        plan.actions
+            .iter()
+            .any(|a| matches!(a, Action::QuarantineDataVersion { version, .. } if version == "b"))
+    );
+    assert!(
+        world
+            .event_reasons()
+            .contains(&reason::DATA_PROGRESS_DEADLINE_EXCEEDED)
+    );
+    world.settle(10);
+    assert_eq!(
+        world.desiring("d", "b"),
+        0,
+        "the silent canary is back on LKG"
+    );
+    assert_eq!(world.status().data[0].stage, None);
+    assert_eq!(world.status().data[0].lkg.as_deref(), Some("a"));
+}
+
+#[test]
+fn a_slow_but_reporting_rollout_is_not_failed_by_the_deadline() {
+    // The bake (15m) is longer than the deadline (10m): only silence counts, not baking.
+    let mut world = World::running(
+        deployment()
+            .replicas(4)
+            .pinned("v1")
+            .data_source("d")
+            .canary(25, 900)
+            .data_deadline(600),
+    );
+    world.data.insert("d".into(), vec!["a".into()]);
+    world.settle(40);
+    world.data.insert("d".into(), vec!["b".into(), "a".into()]);
+    world.settle(200);
+    assert_eq!(world.status().data[0].lkg.as_deref(), Some("b"));
+    assert!(world.status().data[0].bad.is_empty());
+    assert!(
+        !world
+            .event_reasons()
+            .contains(&reason::DATA_PROGRESS_DEADLINE_EXCEEDED)
+    );
+}
+
+#[test]
 fn canary_going_error_after_the_switch_reverts() {
     let mut world = world();
     world.data.insert("d".into(), vec!["b".into(), "a".into()]);

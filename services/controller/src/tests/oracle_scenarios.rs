@@ -217,10 +217,14 @@ fn put_some_pods_on_latest() {
 
 /// Original: pod3 on latest past probation (1/3 ≥ 25%) → pod1 and pod2 get latest.
 /// Ours: the same once pod3 — the canary — has *reported* `b` applied and baked; a canary that
-/// never reported (the original counted it anyway, W16) holds the promotion.
+/// never reported (the original counted it anyway, W16) holds the promotion, and once the data
+/// progress deadline has passed it fails the version instead.
 #[test]
 fn finish_upgrade_to_latest() {
-    let acd = with_lkg(3).status(|s| canary_of_b(s, t(0))).build();
+    let acd = with_lkg(3)
+        .data_deadline(BAKE as u64 + 1)
+        .status(|s| canary_of_b(s, t(0)))
+        .build();
     let pods = [
         on_lkg("pod1"),
         on_lkg("pod2"),
@@ -243,6 +247,12 @@ fn finish_upgrade_to_latest() {
     ];
     let plan = plan_for(&acd, &silent, &[("d", &["b", "a"])], t(BAKE));
     assert!(data_sets(&plan).is_empty());
+    let plan = plan_for(&acd, &silent, &[("d", &["b", "a"])], t(BAKE + 1));
+    assert_eq!(
+        plan.status.data[0].bad[0].version, "b",
+        "silent past the deadline"
+    );
+    assert_eq!(data_sets(&plan), [("pod3".into(), "d".into(), "a".into())]);
 }
 
 fn canary_of_b(
