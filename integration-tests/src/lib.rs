@@ -175,7 +175,10 @@ pub fn autocrane_bin() -> PathBuf {
         .get_or_init(|| {
             let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
             let status = Command::new(cargo)
-                .args(["build", "--quiet", "-p", "autocrane"])
+                // The whole workspace with every target, as CI builds it before testing: with
+                // `-p autocrane` alone, cargo unifies features differently, rebuilds half the
+                // dependency graph and leaves a binary the next `cargo test --workspace` rebuilds.
+                .args(["build", "--quiet", "--workspace", "--all-targets"])
                 .current_dir(workspace_root())
                 .status()
                 .expect("running cargo build -p autocrane");

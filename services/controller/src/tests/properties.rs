@@ -307,6 +307,12 @@ proptest! {
                 again.actions, plan.actions, plan.status.data, again.status.data, world.pods
             );
             prop_assert!(again.events.is_empty(), "re-plan emits {:?}", again.events);
+            // The status describes the pods as observed before the plan's actions, so it may
+            // still move once; after a pass with nothing to do it must hold, or the controller
+            // would write the status forever.
+            world.apply(&again);
+            let idle = world.plan();
+            prop_assert_eq!(&idle.status, &again.status, "status after {:?} is not a fixpoint", ev);
             // A pass that starts restarts leaves at most maxConcurrentRestarts slots down (or as
             // many as were down already: a replacement can fail again on its own).
             let limit = usize::try_from(world.acd.spec.failing_limit.max_concurrent_restarts).unwrap();
