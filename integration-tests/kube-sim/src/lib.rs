@@ -16,6 +16,7 @@ mod delete;
 pub mod faults;
 mod managed;
 pub mod patch;
+mod pod_log;
 pub mod protobuf;
 pub mod resources;
 pub mod selectors;
@@ -183,6 +184,7 @@ impl Builder {
             server_addr: Mutex::new(String::new()),
             kubelet_delay: self.kubelet_delay,
             bookmark_interval: self.bookmark_interval,
+            pod_logs: Mutex::new(None),
         });
         match self.snapshot.as_ref().and_then(|p| std::fs::read(p).ok()) {
             Some(bytes) => {
@@ -360,6 +362,12 @@ impl KubeSim {
     /// The administrator's bearer token (accepted with or without `auth`).
     pub fn admin_token(&self) -> &str {
         &self.admin_token
+    }
+
+    /// Serve `pods/log` (`kubectl logs`) from a kubelet simulator's captured output. Without a
+    /// reader, a log request fails as for a pod whose node is gone.
+    pub fn serve_pod_logs(&self, reader: kubelet_sim::LogReader) {
+        *self.shared.pod_logs.lock().expect("pod_logs") = Some(reader);
     }
 
     /// Fault injection handle.

@@ -99,6 +99,9 @@ async fn main() -> anyhow::Result<()> {
     } else {
         None
     };
+    if let Some(node) = &node {
+        sim.serve_pod_logs(node.log_reader());
+    }
     // The admin token is in the kubeconfig; it is not printed.
     println!("{}", sim.url());
     println!("https {}", sim.https_url());

@@ -50,6 +50,8 @@ pub struct Shared {
     pub kubelet_delay: Option<Duration>,
     /// How often watches with `allowWatchBookmarks` get a BOOKMARK.
     pub bookmark_interval: Duration,
+    /// Where `pods/log` reads containers' output (the kubelet simulator), once attached.
+    pub pod_logs: Mutex<Option<kubelet_sim::LogReader>>,
 }
 
 pub(crate) fn full(code: u16, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
@@ -484,7 +486,11 @@ async fn resource(shared: &Arc<Shared>, r: ReqInfo) -> Result<Response<Body>, Ap
                 })
             })?;
             if addr.sub.as_deref() == Some("log") {
-                return Ok(full(200, "text/plain", ""));
+                drop(st);
+                let reader = shared.pod_logs.lock().expect("pod_logs").clone();
+                let source = reader.as_ref().map(|r| r as &dyn crate::pod_log::LogSource);
+                let text = crate::pod_log::pod_log(&o, q, source)?;
+                return Ok(full(200, "text/plain", text));
             }
             if addr.sub.as_deref() == Some("scale") {
                 return Ok(json_resp(200, &crate::subresources::scale_of(rt, &o), &[]));

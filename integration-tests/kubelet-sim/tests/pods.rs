@@ -246,6 +246,22 @@ async fn a_crashing_container_shows_restarts_last_state_and_crash_loop_back_off(
         .logs("default", "crasher", "main", true)
         .expect("previous log");
     assert!(prev.starts_with("attempt at "), "{prev:?}");
+    // `kubectl logs` reads the same files through kube-sim's `pods/log`.
+    let via_kubectl = env
+        .kubectl_ok(&["logs", "crasher", "--previous", "--tail", "1"])
+        .await;
+    assert!(
+        via_kubectl.starts_with("attempt at ") && via_kubectl.lines().count() == 1,
+        "{via_kubectl:?}"
+    );
+    let wrong = env.kubectl(&["logs", "crasher", "-c", "nope"]).await;
+    assert!(!wrong.status.success());
+    assert!(
+        String::from_utf8_lossy(&wrong.stderr)
+            .contains("container nope is not valid for pod crasher"),
+        "{}",
+        String::from_utf8_lossy(&wrong.stderr)
+    );
     // Restart counts keep growing.
     let before = cs.restart_count;
     env.wait("crasher", T, "restarted again", |p| {

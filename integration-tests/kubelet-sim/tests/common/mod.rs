@@ -78,6 +78,7 @@ impl Env {
             .start()
             .await
             .expect("kubelet starts");
+        sim.serve_pod_logs(kubelet.log_reader());
         let pods = Api::namespaced(sim.client(), "default");
         Env {
             sim,
