@@ -141,7 +141,7 @@ pub fn builtins() -> Vec<ResourceType> {
             "Pod",
             true,
             &["po"],
-            &["status", "eviction", "log"],
+            &["status", "eviction", "log", "binding"],
             false,
         ),
         builtin("", "v1", "events", "Event", true, &["ev"], &[], false),
@@ -451,6 +451,7 @@ pub fn api_resource_list(types: &[ResourceType], group: &str, version: &str) -> 
             let (kind, verbs): (&str, Vec<&str>) = match s.as_str() {
                 "status" => (&t.kind, vec!["get", "patch", "update"]),
                 "eviction" => ("Eviction", vec!["create"]),
+                "binding" => ("Binding", vec!["create"]),
                 "log" => ("Pod", vec!["get"]),
                 "token" => ("TokenRequest", vec!["create"]),
                 "finalize" => ("Namespace", vec!["update"]),

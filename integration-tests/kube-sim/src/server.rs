@@ -721,6 +721,7 @@ fn write(
             return crate::subresources::review(shared, &mut st, r, addr);
         }
         ("create", Some("token")) => crate::subresources::token_request(&mut st, r, addr),
+        ("create", Some("binding")) => crate::subresources::pod_binding(&mut st, r, addr),
         ("create", Some("eviction")) => {
             let body = parse_body(r)?;
             let opts = delete_opts(&body["deleteOptions"], q);

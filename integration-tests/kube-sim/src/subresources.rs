@@ -320,3 +320,75 @@ pub(crate) fn sim_admin(
         _ => Err(ApiError::no_route()),
     }
 }
+
+/// `POST …/pods/NAME/binding` (what a scheduler sends): sets `spec.nodeName` once, with the
+/// `PodScheduled` condition, as the API server's `BindingREST` does. A pod already on a node or
+/// being deleted gets 409; a binding without a target node 422.
+pub(crate) fn pod_binding(
+    st: &mut Store,
+    r: &ReqInfo,
+    addr: &Addr,
+) -> Result<verbs::Out, ApiError> {
+    let body = parse_body(r)?;
+    let name = addr.name.clone().unwrap_or_default();
+    let target = Target {
+        group: "",
+        resource: "pods/binding",
+        name: &name,
+    };
+    let node = body["target"]["name"].as_str().unwrap_or_default();
+    let kind = body["target"]["kind"].as_str().unwrap_or_default();
+    let mut causes = Vec::new();
+    if node.is_empty() {
+        causes.push(crate::status::Cause {
+            reason: "FieldValueRequired",
+            message: "Required value".into(),
+            field: "target.name".into(),
+        });
+    }
+    if !kind.is_empty() && kind != "Node" {
+        causes.push(crate::status::Cause {
+            reason: "FieldValueNotSupported",
+            message: format!("Unsupported value: {kind:?}: supported values: \"Node\""),
+            field: "target.kind".into(),
+        });
+    }
+    if !causes.is_empty() {
+        return Err(ApiError::invalid("Binding", "", &name, causes));
+    }
+    let pod = st.get("/pods", &addr.ns, &name).ok_or_else(|| {
+        ApiError::not_found(Target {
+            group: "",
+            resource: "pods",
+            name: &name,
+        })
+    })?;
+    if pod["metadata"]["deletionTimestamp"].is_string() {
+        return Err(ApiError::conflict_msg(
+            target,
+            format!("pod {name} is being deleted, cannot be assigned to a host"),
+        ));
+    }
+    if let Some(on) = pod["spec"]["nodeName"].as_str().filter(|n| !n.is_empty()) {
+        return Err(ApiError::conflict_msg(
+            target,
+            format!("pod {name} is already assigned to node {on:?}"),
+        ));
+    }
+    let mut pod = (*pod).clone();
+    pod["spec"]["nodeName"] = json!(node);
+    let scheduled = json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": verbs::now()});
+    match pod["status"]["conditions"].as_array_mut() {
+        Some(conditions) => {
+            conditions.retain(|c| c["type"] != "PodScheduled");
+            conditions.push(scheduled);
+        }
+        None => pod["status"]["conditions"] = json!([scheduled]),
+    }
+    st.put("/pods", pod);
+    Ok(verbs::Out {
+        code: 201,
+        object: json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+        warnings: vec![],
+    })
+}

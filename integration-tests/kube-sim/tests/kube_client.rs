@@ -908,3 +908,70 @@ async fn cluster_scoped_crd_defaults_table_and_pod_status_conditions() {
         .unwrap();
     assert_eq!(list.items.len(), 1);
 }
+
+#[tokio::test]
+async fn pods_binding_assigns_a_node_once_and_validates_like_the_api_server() {
+    let sim = KubeSim::builder().start().await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(sim.client(), "default");
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "p"},
+        "spec": {"containers": [{"name": "c", "image": "x"}]}
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    let bind = |name: &str, target: serde_json::Value| {
+        let pods = pods.clone();
+        let body = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": name}, "target": target});
+        let name = name.to_string();
+        async move {
+            pods.create_subresource::<_, serde_json::Value>(
+                "binding",
+                &name,
+                &PostParams::default(),
+                &body,
+            )
+            .await
+        }
+    };
+    let invalid = api_err(bind("p", json!({"kind": "Node"})).await.unwrap_err());
+    assert_eq!(invalid.code, 422);
+    assert_eq!(
+        invalid.message,
+        "Binding \"p\" is invalid: target.name: Required value"
+    );
+    let missing = api_err(bind("nope", json!({"name": "n1"})).await.unwrap_err());
+    assert_eq!(
+        (missing.code, missing.message.as_str()),
+        (404, "pods \"nope\" not found")
+    );
+
+    bind("p", json!({"kind": "Node", "name": "n1"}))
+        .await
+        .unwrap();
+    let bound = pods.get("p").await.unwrap();
+    assert_eq!(bound.spec.unwrap().node_name.as_deref(), Some("n1"));
+    let scheduled = bound.status.unwrap().conditions.unwrap();
+    assert!(
+        scheduled
+            .iter()
+            .any(|c| c.type_ == "PodScheduled" && c.status == "True"),
+        "{scheduled:?}"
+    );
+    let twice = api_err(bind("p", json!({"name": "n2"})).await.unwrap_err());
+    assert_eq!(twice.code, 409);
+    assert_eq!(
+        twice.message,
+        "Operation cannot be fulfilled on pods/binding \"p\": pod p is already assigned to node \"n1\""
+    );
+    assert_eq!(
+        pods.get("p")
+            .await
+            .unwrap()
+            .spec
+            .unwrap()
+            .node_name
+            .as_deref(),
+        Some("n1"),
+        "a refused binding changes nothing"
+    );
+}

@@ -279,6 +279,51 @@ async fn a_crashing_container_shows_restarts_last_state_and_crash_loop_back_off(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_without_a_node_is_bound_through_pods_binding_and_runs() {
+    let env = Env::start().await;
+    let mut unscheduled = sh_pod("floating", "sleep 3600");
+    unscheduled["spec"]
+        .as_object_mut()
+        .unwrap()
+        .remove("nodeName");
+    env.create(unscheduled).await;
+    let p = env
+        .wait("floating", T, "bound and Running", |p| {
+            phase(p) == "Running"
+        })
+        .await;
+    assert_eq!(
+        p.spec.as_ref().unwrap().node_name.as_deref(),
+        Some("sim-node")
+    );
+    assert_eq!(condition(&p, "PodScheduled").as_deref(), Some("True"));
+    // A second binding is refused as the API server refuses it.
+    let again = env
+        .pods
+        .create_subresource::<_, serde_json::Value>(
+            "binding",
+            "floating",
+            &PostParams::default(),
+            &json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "floating"},
+                    "target": {"kind": "Node", "name": "other-node"}}),
+        )
+        .await
+        .unwrap_err();
+    let kube::Error::Api(status) = again else {
+        panic!("{again:?}")
+    };
+    assert_eq!(status.code, 409);
+    assert!(
+        status
+            .message
+            .contains("pod floating is already assigned to node \"sim-node\""),
+        "{}",
+        status.message
+    );
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_policy_never_ends_in_succeeded_or_failed() {
     let env = Env::start().await;
     let mut ok = sh_pod("ok", "exit 0");
