@@ -6,7 +6,8 @@
 //! IP is probed, Ready or not (the original's deadlock, W9); pods without an IP are skipped (W8); a
 //! malformed annotation is a Warning Event on the pod, never an error watchdog (W8). A scan probes
 //! all targets concurrently through a bounded pool with a per-probe timeout, so a scan of N
-//! targets of which H hang takes about one timeout when the pool is larger than H.
+//! targets of which H hang takes about one timeout when the pool is larger than H. Removing a
+//! probe annotation deletes the watchdog it produced, at the next scan.
 
 use std::{
     collections::HashSet,
@@ -147,6 +148,30 @@ pub fn targets(pod: &Pod) -> (Vec<Target>, Vec<Malformed>) {
         }
     }
     (found, malformed)
+}
+
+/// The watchdogs this prober posted whose probe annotation was removed (or no longer parses) on a
+/// pod that still exists: left alone, their last result would count in the rollup for ever.
+/// `posted` loses the retired ones and those of pods that are gone.
+pub fn retire(posted: &mut HashSet<(PodKey, String)>, pods: &[Arc<Pod>]) -> Vec<(PodKey, String)> {
+    let by_key: std::collections::HashMap<PodKey, &Pod> =
+        pods.iter().map(|p| (PodKey::of(p), p.as_ref())).collect();
+    let mut retired = Vec::new();
+    posted.retain(|(key, name)| {
+        let Some(pod) = by_key.get(key) else {
+            return false;
+        };
+        let still_probed = pod
+            .annotations()
+            .get(&format!("{PROBE_ANNOTATION_PREFIX}{name}"))
+            .is_some_and(|value| parse_probe(value).is_ok());
+        if !still_probed {
+            retired.push((key.clone(), name.clone()));
+        }
+        still_probed
+    });
+    retired.sort();
+    retired
 }
 
 /// Probes one target: any 2xx status is info, anything else (status, refusal, timeout) error.
@@ -291,13 +316,22 @@ pub async fn run(
         }
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // What this process posted (a restart forgets it: a probe annotation removed while the
+        // prober was down leaves its last result until someone deletes the watchdog).
+        let mut posted: HashSet<(PodKey, String)> = HashSet::new();
         loop {
             ticker.tick().await;
-            let all: Vec<Target> = store
-                .state()
-                .iter()
-                .flat_map(|pod| targets(pod).0)
-                .collect();
+            let pods = store.state();
+            for (pod, name) in retire(&mut posted, &pods) {
+                tracing::info!(%pod, watchdog = %name, "Probe annotation removed; deleting its watchdog");
+                let op = Op::Delete { name: name.clone() };
+                if let Err(err) = writer.submit(pod.clone(), op).await {
+                    tracing::warn!(%pod, error = %err, "Deleting a retired probe watchdog failed; retrying next scan");
+                    posted.insert((pod, name));
+                }
+            }
+            let all: Vec<Target> = pods.iter().flat_map(|pod| targets(pod).0).collect();
+            posted.extend(all.iter().map(|t| (t.pod.clone(), t.name.clone())));
             let started = Instant::now();
             let count = all.len();
             let results = scan(all, timeout, probe_concurrency).await;
@@ -361,6 +395,55 @@ mod tests {
             ..Default::default()
         });
         pod
+    }
+
+    #[test]
+    fn watchdogs_of_removed_or_broken_probe_annotations_are_retired() {
+        let key = |n: &str| PodKey::new("default", n);
+        let mut posted: HashSet<(PodKey, String)> = [
+            (key("kept"), "http".to_string()),
+            (key("removed"), "http".to_string()),
+            (key("broken"), "http".to_string()),
+            (key("gone"), "http".to_string()),
+            (key("no-ip"), "http".to_string()),
+        ]
+        .into_iter()
+        .collect();
+        let named = |name: &str, ip: Option<&str>, annotations: &[(&str, &str)]| {
+            let mut p = pod(ip, annotations);
+            p.metadata.name = Some(name.into());
+            p.metadata.namespace = Some("default".into());
+            Arc::new(p)
+        };
+        let pods = [
+            named(
+                "kept",
+                Some("10.0.0.1"),
+                &[("probe.autocrane.io/http", "80/")],
+            ),
+            named("removed", Some("10.0.0.2"), &[("other", "x")]),
+            named(
+                "broken",
+                Some("10.0.0.3"),
+                &[("probe.autocrane.io/http", "eighty/")],
+            ),
+            // No IP (e.g. terminated): the annotation is still there, so the watchdog stays.
+            named("no-ip", None, &[("probe.autocrane.io/http", "80/")]),
+        ];
+        assert_eq!(
+            retire(&mut posted, &pods),
+            [
+                (key("broken"), "http".into()),
+                (key("removed"), "http".into())
+            ]
+        );
+        let mut left: Vec<_> = posted.into_iter().collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [(key("kept"), "http".into()), (key("no-ip"), "http".into())],
+            "retired and vanished pods are forgotten"
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! End-to-end: the HTTP prober. Pods annotated `probe.autocrane.io/<name>: <port>/<path>` get
 //! watchdog `<name>`; pods without an IP are skipped; not-Ready pods are probed; a malformed
-//! annotation gives a Warning Event, never an error watchdog; and a scan of 1,000 targets of which
-//! 10% hang takes about one probe timeout.
+//! annotation gives a Warning Event, never an error watchdog; removing the annotation deletes its
+//! watchdog; and a scan of 1,000 targets of which 10% hang takes about one probe timeout.
 
 mod common;
 
@@ -144,6 +144,31 @@ async fn the_prober_posts_results_skips_pods_without_ip_and_reports_malformed_an
         !malformed
             .labels()
             .contains_key("status.autocrane.io/health")
+    );
+
+    // Removing the probe annotation retires its watchdog: the failing pod's last result no longer
+    // counts, so its rollup goes from error back to having no watchdog at all.
+    Api::<Pod>::namespaced(env.sim.client(), "shop")
+        .patch(
+            "failing",
+            &Default::default(),
+            &kube::api::Patch::Merge(serde_json::json!({
+                "metadata": {"annotations": {"probe.autocrane.io/http": null}}
+            })),
+        )
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(8),
+        "the retired probe's watchdog deleted",
+        || async { status_annotation(&env.get_pod("shop", "failing").await).is_none() },
+    )
+    .await;
+    assert_ne!(env.kubectl_health("shop", "failing").await, "error");
+    assert_eq!(
+        env.kubectl_health("shop", "healthy").await,
+        "info",
+        "other pods' probes are untouched"
     );
 
     eventually(
