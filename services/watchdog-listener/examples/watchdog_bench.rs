@@ -9,10 +9,7 @@
 //! throughput ratio, and Kubernetes API writes per post. Each post changes its watchdog (a new
 //! message), so no post is skipped as "unchanged". Posts go to 100 pods.
 
-use std::{
-    sync::atomic::Ordering,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use autocrane_api::{
     proto::watchdog_v1::{
@@ -269,7 +266,7 @@ async fn main() {
         );
         for concurrency in [1usize, 16, 64] {
             let base = drive(&bare_url, &token, concurrency, step, "bare").await;
-            let patches_before = listener.writer.stats().patches.load(Ordering::Relaxed);
+            let patches_before = listener.writer.stats().patches.get();
             let rv_before = sim.resource_version();
             let real = drive(
                 &listener_url,
@@ -281,7 +278,7 @@ async fn main() {
             .await;
             // Let the last batches land before counting writes.
             tokio::time::sleep(Duration::from_millis(200)).await;
-            let patches = listener.writer.stats().patches.load(Ordering::Relaxed) - patches_before;
+            let patches = listener.writer.stats().patches.get() - patches_before;
             let writes = sim.resource_version() - rv_before;
             println!(
                 "{:>5} | {:>12.0} {:>9.2?} {:>9.2?} | {:>12.0} {:>9.2?} {:>9.2?} | {:>7.4} | {:>6.3} ({patches} patches, {writes} rv, {} posts)",

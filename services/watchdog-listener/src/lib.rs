@@ -264,7 +264,8 @@ pub async fn run(args: Args, process: Process) -> Result<(), Error> {
     let client = ::kube::Client::try_default()
         .await
         .map_err(Error::ConnectKube)?;
-    let (grpc, _writer) = grpc_server(&args, client, &process.shutdown)?;
+    let (grpc, writer) = grpc_server(&args, client, &process.shutdown)?;
+    writer.register_metrics(&process.registry);
     process
         .serve(&args.server, grpc)
         .await
@@ -291,6 +292,7 @@ pub async fn run_prober(args: ProberProcessArgs, process: Process) -> Result<(),
         .await
         .map_err(Error::ConnectKube)?;
     let (_pods, writer) = start_components(&write, client.clone(), &process.shutdown);
+    writer.register_metrics(&process.registry);
     prober::run(
         client,
         write.watch_namespace,

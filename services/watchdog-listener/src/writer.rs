@@ -14,12 +14,11 @@
 
 use std::{
     collections::HashMap,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, Mutex},
     time::Duration,
 };
+
+use autocrane_api::runtime::admin::SharedRegistry;
 
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
@@ -28,6 +27,7 @@ use kube::{
     Api, ResourceExt,
     runtime::{WatchStreamExt, watcher},
 };
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::oneshot;
 use tracing::Instrument;
 
@@ -48,15 +48,20 @@ struct Queue {
     pending: Vec<(Op, Option<Reply>)>,
 }
 
-/// Counters of the write path, for tests, benchmarks and metrics.
+/// Counters of the write path, exported on `/metrics` (see [`Writer::register_metrics`]) and
+/// read by tests and benchmarks.
 #[derive(Debug, Default)]
 pub struct WriteStats {
     /// Operations submitted (posts, deletes, refreshes).
-    pub operations: AtomicU64,
+    pub operations: Counter,
     /// Merge patches sent to the API server (including ones that conflicted).
-    pub patches: AtomicU64,
+    pub patches: Counter,
     /// Pod reads.
-    pub reads: AtomicU64,
+    pub reads: Counter,
+    /// Patches refused with 409 (the pod changed since it was read) and re-planned.
+    pub conflicts: Counter,
+    /// Batches that failed (reading or patching the pod), each failing all its operations.
+    pub failures: Counter,
 }
 
 struct Inner {
@@ -104,6 +109,41 @@ impl Writer {
         &self.inner.stats
     }
 
+    /// Exports the write path's counters as `watchdog_listener_writes_*` in `registry`.
+    pub fn register_metrics(&self, registry: &SharedRegistry) {
+        let stats = &self.inner.stats;
+        let mut registry = registry.lock().expect("metrics registry poisoned");
+        for (name, help, counter) in [
+            (
+                "watchdog_listener_writes_operations",
+                "Watchdog operations submitted to the write path (posts, deletes, refreshes)",
+                &stats.operations,
+            ),
+            (
+                "watchdog_listener_writes_patches",
+                "Pod patches sent to the API server (several operations coalesce into one)",
+                &stats.patches,
+            ),
+            (
+                "watchdog_listener_writes_pod_reads",
+                "Pod reads by the write path",
+                &stats.reads,
+            ),
+            (
+                "watchdog_listener_writes_conflicts",
+                "Patches refused with 409 Conflict and re-planned",
+                &stats.conflicts,
+            ),
+            (
+                "watchdog_listener_writes_failures",
+                "Write batches that failed reading or patching the pod",
+                &stats.failures,
+            ),
+        ] {
+            registry.register(name, help, counter.clone());
+        }
+    }
+
     /// Applies `op` to the pod and returns the pod's health once the write has landed.
     pub async fn submit(&self, key: PodKey, op: Op) -> Result<PodHealth, Error> {
         let (reply, result) = oneshot::channel();
@@ -117,7 +157,7 @@ impl Writer {
     }
 
     fn enqueue(&self, key: PodKey, op: Op, reply: Option<Reply>) {
-        self.inner.stats.operations.fetch_add(1, Ordering::Relaxed);
+        self.inner.stats.operations.inc();
         let mut queues = self.inner.queues.lock().expect("queue lock");
         let start = !queues.contains_key(&key);
         queues
@@ -175,7 +215,7 @@ impl Writer {
             let (pod, fresh) = if let Some(pod) = cached.take() {
                 (pod, false)
             } else {
-                self.inner.stats.reads.fetch_add(1, Ordering::Relaxed);
+                self.inner.stats.reads.inc();
                 match self.inner.pods.get(key).await {
                     Ok(Some(pod)) => (pod, true),
                     Ok(None) => {
@@ -187,6 +227,7 @@ impl Writer {
                         return (results, patched);
                     }
                     Err(err) => {
+                        self.inner.stats.failures.inc();
                         let err = Arc::new(err);
                         let results = all(&|| Error::ReadPod {
                             pod: key.to_string(),
@@ -204,7 +245,7 @@ impl Writer {
                 }
                 pod
             } else {
-                self.inner.stats.patches.fetch_add(1, Ordering::Relaxed);
+                self.inner.stats.patches.inc();
                 patched = true;
                 let rv = pod.resource_version();
                 match self.inner.pods.patch(key, &plan, rv.as_deref()).await {
@@ -213,6 +254,7 @@ impl Writer {
                         pod
                     }
                     Err(err) if is_status(&err, 409) && attempt < CONFLICT_RETRIES => {
+                        self.inner.stats.conflicts.inc();
                         tracing::debug!(attempt, "Pod changed under us; re-planning");
                         continue;
                     }
@@ -224,6 +266,7 @@ impl Writer {
                         return (results, patched);
                     }
                     Err(err) => {
+                        self.inner.stats.failures.inc();
                         tracing::warn!(error = %err, "Writing watchdogs failed");
                         let err = Arc::new(err);
                         let results = all(&|| Error::WritePod {

@@ -279,8 +279,8 @@ async fn a_status_written_by_hand_between_posts_counts_in_the_rollup() {
     // First post: read + patch; second: a patch planned on the cached copy is refused (409), then
     // read + patch again.
     let stats = env.listener.writer.stats();
-    assert_eq!(stats.patches.load(std::sync::atomic::Ordering::Relaxed), 3);
-    assert_eq!(stats.reads.load(std::sync::atomic::Ordering::Relaxed), 2);
+    assert_eq!(stats.patches.get(), 3);
+    assert_eq!(stats.reads.get(), 2);
 }
 
 #[tokio::test]

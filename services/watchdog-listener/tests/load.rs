@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::{sync::atomic::Ordering, time::Instant};
+use std::time::Instant;
 
 use autocrane_api::proto::watchdog_v1 as pb;
 use autocrane_watchdog_listener::annotation::parse_value;
@@ -74,12 +74,12 @@ async fn concurrent_posts_converge_to_the_last_post_with_few_patches() {
     let elapsed = started.elapsed();
     let posts = CLIENTS * PODS * ROUNDS;
     let stats = env.listener.writer.stats();
-    let patches = stats.patches.load(Ordering::Relaxed);
+    let patches = stats.patches.get();
     let api_writes = env.sim.resource_version() - rv_before;
     println!(
         "posts: {posts}, API patches (listener count): {patches}, API writes (resourceVersion delta): {api_writes}, \
          pod reads: {}, elapsed: {elapsed:?}, posts/s: {:.0}",
-        stats.reads.load(Ordering::Relaxed),
+        stats.reads.get(),
         posts as f64 / elapsed.as_secs_f64()
     );
 
