@@ -370,3 +370,51 @@ async fn calls_beyond_the_concurrency_limit_get_resource_exhausted() {
     stop.trigger();
     server.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn calls_beyond_the_process_wide_limit_get_resource_exhausted_whatever_their_connection() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut args = ServerArgs::local(addr);
+    args.max_concurrent_requests_total = 2;
+    let grpc = GrpcServer::new(&args)
+        .unwrap()
+        .add_service(VersionWatcherServer::new(Slow));
+    let (stop, shutdown) = Shutdown::new();
+    let server = tokio::spawn(grpc.serve_with_listener(listener, shutdown));
+
+    // Five clients, each on its own connection (well under the per-connection limit), at once.
+    let mut channels = Vec::new();
+    for _ in 0..5 {
+        channels.push(
+            client::connect(&format!("http://{addr}"), &ClientTlsArgs::default())
+                .await
+                .unwrap(),
+        );
+    }
+    let calls = channels.iter().map(|channel| {
+        let mut client = VersionWatcherClient::new(channel.clone());
+        async move {
+            client
+                .get_source(autocrane_api::proto::version_v1::GetSourceRequest::default())
+                .await
+        }
+    });
+    let results = futures::future::join_all(calls).await;
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    let exhausted = results
+        .iter()
+        .filter(|r| matches!(r, Err(s) if s.code() == tonic::Code::ResourceExhausted))
+        .count();
+    assert_eq!((ok, exhausted), (2, 3), "{results:?}");
+
+    // The permits come back: every connection can call again.
+    for channel in channels {
+        VersionWatcherClient::new(channel)
+            .get_source(autocrane_api::proto::version_v1::GetSourceRequest::default())
+            .await
+            .unwrap();
+    }
+    stop.trigger();
+    server.await.unwrap().unwrap();
+}

@@ -26,6 +26,15 @@ pub struct ServerArgs {
     #[arg(long, env = "AUTOCRANE_MAX_CONCURRENT_REQUESTS", default_value_t = 256)]
     pub max_concurrent_requests: usize,
 
+    /// Maximum concurrent calls over all connections together; further calls are refused with
+    /// RESOURCE_EXHAUSTED. (A stream counts until its response starts, not while it streams.)
+    #[arg(
+        long,
+        env = "AUTOCRANE_MAX_CONCURRENT_REQUESTS_TOTAL",
+        default_value_t = 4096
+    )]
+    pub max_concurrent_requests_total: usize,
+
     /// TLS for the gRPC listener.
     #[command(flatten)]
     pub tls: ServerTlsArgs,
@@ -119,6 +128,7 @@ impl ServerArgs {
             max_message_bytes: 4 * 1024 * 1024,
             default_deadline_secs: 30,
             max_concurrent_requests: 256,
+            max_concurrent_requests_total: 4096,
             tls: ServerTlsArgs::default(),
         }
     }

@@ -208,7 +208,14 @@ impl GrpcServer {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha);
         let routes: Routes = routes.routes();
+        // One semaphore for every connection: tonic's per-connection limit alone lets many
+        // clients together queue without bound. Pending readiness here reaches the per-connection
+        // load shedding above it, so the call is refused with RESOURCE_EXHAUSTED at once.
+        let global_limit = tower::limit::GlobalConcurrencyLimitLayer::new(
+            args.max_concurrent_requests_total.max(1),
+        );
         let router = server
+            .layer(global_limit)
             .layer(super::admin::GrpcMetricsLayer::new(metrics))
             .layer(super::stream_shutdown::StreamShutdownLayer::new(
                 shutdown.clone(),
