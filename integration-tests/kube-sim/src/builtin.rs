@@ -1,4 +1,4 @@
-//! Defaults and light validation of built-in kinds (pods, namespaces, services, CRDs), as the
+//! Defaults and light validation of built-in kinds (pods, secrets, namespaces, services, CRDs), as the
 //! real registry strategies apply them on create and update.
 
 use serde_json::{Value, json};
@@ -75,6 +75,28 @@ pub(crate) fn builtin_prepare(
                 if obj["status"]["phase"].is_null() {
                     obj["status"] = json!({"phase": "Pending", "qosClass": "BestEffort"});
                 }
+            }
+        }
+        ("", "Secret") => {
+            // `stringData` is write-only: its keys are base64-encoded into `data` (overriding
+            // keys there) and it is never stored, as the Secret strategy does on create and update.
+            if let Some(Value::Object(plain)) =
+                obj.as_object_mut().and_then(|o| o.remove("stringData"))
+            {
+                use base64::Engine;
+                let data = obj["data"].as_object().cloned().unwrap_or_default();
+                let mut data = data;
+                for (key, value) in plain {
+                    let text = value.as_str().unwrap_or_default();
+                    data.insert(
+                        key,
+                        json!(base64::engine::general_purpose::STANDARD.encode(text)),
+                    );
+                }
+                obj["data"] = Value::Object(data);
+            }
+            if create && obj["type"].as_str().is_none_or(str::is_empty) {
+                obj["type"] = json!("Opaque");
             }
         }
         ("", "Namespace") if create => {

@@ -480,3 +480,38 @@ async fn auth_can_i_and_forbidden_with_auth_on() {
         .await;
     assert_eq!(out.trim(), "yes");
 }
+
+#[tokio::test]
+async fn secret_string_data_is_encoded_into_data_and_not_stored() {
+    let env = Env::start(false).await;
+    let manifest = env.file(
+        "secret.yaml",
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: creds, namespace: default}\n\
+         data: {user: YWRtaW4=, token: b2xk}\nstringData: {token: s3cr3t, extra: 'two words'}\n",
+    );
+    env.ok(&["apply", "-f", manifest.to_str().unwrap()]).await;
+    let stored: serde_json::Value =
+        serde_json::from_str(&env.ok(&["get", "secret", "creds", "-o", "json"]).await).unwrap();
+    assert_eq!(stored["type"], "Opaque", "{stored}");
+    assert!(stored.get("stringData").is_none(), "{stored}");
+    assert_eq!(
+        stored["data"],
+        serde_json::json!({"user": "YWRtaW4=", "token": "czNjcjN0", "extra": "dHdvIHdvcmRz"}),
+        "stringData wins over data for the same key"
+    );
+    // An update with stringData again: encoded, and still not stored.
+    env.ok(&[
+        "patch",
+        "secret",
+        "creds",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"stringData": {"user": "root"}}"#,
+    ])
+    .await;
+    let user = env
+        .ok(&["get", "secret", "creds", "-o", "jsonpath={.data.user}"])
+        .await;
+    assert_eq!(user, "cm9vdA==");
+}
