@@ -9,11 +9,13 @@
 //! - [`admin`]: the per-process admin HTTP listener (`/metrics`, `/healthz`);
 //! - [`watch_client`]: holds a server-streaming `Watch…` call as a `tokio::sync::watch` receiver,
 //!   reconnecting with jittered exponential backoff;
-//! - [`shutdown`]: SIGTERM/SIGINT as a cloneable signal.
+//! - [`shutdown`]: SIGTERM/SIGINT as a cloneable signal;
+//! - [`local_dirs`]: the `--allow-directory` list that directory data sources must stay under.
 
 pub mod admin;
 pub mod args;
 pub mod client;
+pub mod local_dirs;
 pub mod process;
 pub mod server;
 pub mod shutdown;

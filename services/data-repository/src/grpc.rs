@@ -8,7 +8,7 @@ use autocrane_api::{
         data_v1::{self as pb, data_repository_server::DataRepository},
         version_v1::{GetSourceRequest, source_spec::Upstream},
     },
-    runtime::shutdown::Shutdown,
+    runtime::{local_dirs::AllowedDirectories, shutdown::Shutdown},
 };
 use futures::Stream;
 use tokio::{io::AsyncReadExt, sync::Semaphore};
@@ -34,11 +34,12 @@ pub struct Service {
     fetches: Arc<Semaphore>,
     bytes_per_second: u64,
     metrics: Metrics,
+    directories: AllowedDirectories,
 }
 
 impl Service {
     /// A service over `store`, allowing `max_fetches` concurrent Fetch streams, each sending at most
-    /// `bytes_per_second` (0: unlimited).
+    /// `bytes_per_second` (0: unlimited), and directory sources only under `directories`.
     pub fn new(
         store: Store,
         followers: Followers,
@@ -46,6 +47,7 @@ impl Service {
         max_fetches: usize,
         bytes_per_second: u64,
         metrics: Metrics,
+        directories: AllowedDirectories,
     ) -> Self {
         Self {
             store,
@@ -54,6 +56,7 @@ impl Service {
             fetches: Arc::new(Semaphore::new(max_fetches.max(1))),
             bytes_per_second,
             metrics,
+            directories,
         }
     }
 }
@@ -128,6 +131,13 @@ impl DataRepository for Service {
                 return Err(Status::invalid_argument(
                     "source.http.json_pointer: must be empty for a data source (the URL is the archive, its ETag the version)",
                 ));
+            }
+            Some(Upstream::Directory(directory)) => {
+                self.directories
+                    .check(std::path::Path::new(directory.path.trim()))
+                    .map_err(|why| {
+                        Status::invalid_argument(format!("source.directory.path: {why}"))
+                    })?;
             }
             Some(_) => {}
         }

@@ -26,6 +26,7 @@ use autocrane_api::{
         RuntimeError,
         args::{ClientTlsArgs, ServerArgs},
         client,
+        local_dirs::LocalDirectoryArgs,
         process::Process,
         server::GrpcServer,
     },
@@ -73,6 +74,10 @@ pub struct Args {
     /// Bytes per second one Fetch stream may send; 0 means unlimited.
     #[arg(long, env = "AUTOCRANE_FETCH_BYTES_PER_SECOND", default_value_t = 0)]
     pub fetch_bytes_per_second: u64,
+
+    /// Local directories that directory sources may copy from.
+    #[command(flatten)]
+    pub directories: LocalDirectoryArgs,
 }
 
 /// Errors of the component.
@@ -100,13 +105,15 @@ pub async fn run(args: Args, process: Process) -> Result<(), Error> {
         keep_versions,
         max_concurrent_fetches,
         fetch_bytes_per_second,
+        directories,
     } = args;
+    let directories = directories.allowed();
     let store = tokio::task::spawn_blocking(move || store::Store::open(&store, keep_versions))
         .await
         .expect("the store task does not panic")
         .map_err(Error::OpenStore)?;
     let channel = client::channel(&version_watcher, &client_tls).map_err(Error::VersionWatcher)?;
-    let origins = origin::Origins::new(store.clone(), max_version_bytes);
+    let origins = origin::Origins::new(store.clone(), max_version_bytes, directories.clone());
     let metrics = metrics::Metrics::register(&process.registry);
     let followers = follow::Followers::new(
         metrics.clone(),
@@ -125,6 +132,7 @@ pub async fn run(args: Args, process: Process) -> Result<(), Error> {
         max_concurrent_fetches,
         fetch_bytes_per_second,
         metrics,
+        directories,
     );
     let grpc = GrpcServer::new(&server)
         .map_err(Error::Serve)?

@@ -11,6 +11,7 @@ use std::{
 };
 
 use autocrane_api::proto::version_v1::{self as vpb, source_spec::Upstream};
+use autocrane_api::runtime::local_dirs::AllowedDirectories;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
@@ -32,17 +33,20 @@ pub struct Origins {
     store: Store,
     client: HttpsClient,
     max_version_bytes: u64,
+    directories: AllowedDirectories,
 }
 
 impl Origins {
-    /// Origins staging into `store`, rejecting versions over `max_version_bytes`.
-    pub fn new(store: Store, max_version_bytes: u64) -> Self {
+    /// Origins staging into `store`, rejecting versions over `max_version_bytes`, copying directory
+    /// sources only from under `directories`.
+    pub fn new(store: Store, max_version_bytes: u64, directories: AllowedDirectories) -> Self {
         let client = Client::builder(hyper_util::rt::TokioExecutor::new())
             .build(autocrane_api::runtime::upstream_http::connector());
         Self {
             store,
             client,
             max_version_bytes,
+            directories,
         }
     }
 
@@ -124,6 +128,11 @@ impl Origins {
                 } else {
                     PathBuf::from(&directory.path)
                 };
+                // Checked again here, on the very path copied (a version directory can be a
+                // symlink), and for sources tracked before the allow-list changed.
+                self.directories
+                    .check(&root)
+                    .map_err(StageError::Rejected)?;
                 tokio::task::spawn_blocking(move || {
                     let mut stager = Stager::new(dir, limit).with_store_blobs(blobs);
                     stage::add_directory(&mut stager, &root)?;

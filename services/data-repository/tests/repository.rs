@@ -373,3 +373,38 @@ async fn killed_mid_ingest_no_partial_version_is_listed_and_the_sync_completes_a
         blobs.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn directory_sources_outside_the_allowed_directories_are_refused_and_nothing_is_tracked() {
+    // The stack allows its own temporary directory only.
+    let dir = tempfile::tempdir().unwrap();
+    let stack = Stack::start(dir.path(), &[]).await;
+    std::os::unix::fs::symlink("/etc", dir.path().join("etc-link")).unwrap();
+    for outside in [Path::new("/etc"), &dir.path().join("etc-link")] {
+        let refused = stack
+            .repository()
+            .await
+            .track_source(pb::TrackSourceRequest {
+                source: Some(common::dir_spec(outside)),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+        assert!(
+            refused.message().starts_with("source.directory.path: ")
+                && refused
+                    .message()
+                    .contains("is outside the directories this server may read"),
+            "{}",
+            refused.message()
+        );
+    }
+    let listed = stack
+        .repository()
+        .await
+        .list_sources(pb::ListSourcesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.sources.is_empty(), "{listed:?}");
+}

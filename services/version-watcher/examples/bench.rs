@@ -161,6 +161,7 @@ async fn main() {
         upstream_burst: 1000,
         upstream_timeout_secs: 10,
         probe_timeout_secs: 30,
+        directories: Default::default(),
     };
     let task = tokio::spawn(autocrane_version_watcher::run(args, process));
     let mut client = loop {

@@ -4,6 +4,7 @@
 use std::{collections::HashSet, pin::Pin, sync::Arc, time::Duration};
 
 use autocrane_api::proto::version_v1::{self as pb, version_watcher_server::VersionWatcher};
+use autocrane_api::runtime::local_dirs::AllowedDirectories;
 use futures::Stream;
 use tokio::sync::broadcast::error::RecvError;
 use tonic::{Request, Response, Status};
@@ -25,12 +26,25 @@ const MAX_REASON_BYTES: usize = 1024;
 #[derive(Clone, Debug)]
 pub struct Service {
     hub: Arc<Hub>,
+    directories: AllowedDirectories,
 }
 
 impl Service {
     /// A service over `hub`.
-    pub fn new(hub: Arc<Hub>) -> Self {
-        Self { hub }
+    pub fn new(hub: Arc<Hub>, directories: AllowedDirectories) -> Self {
+        Self { hub, directories }
+    }
+
+    /// A directory source must stay under the `--allow-directory` list (`field` names the spec).
+    fn check_local(&self, spec: &Spec, field: &str) -> Result<(), Status> {
+        if let Upstream::Directory { path, .. } = &spec.upstream {
+            self.directories
+                .check(std::path::Path::new(path))
+                .map_err(|why| {
+                    Status::invalid_argument(format!("{field}.directory.path: {why}"))
+                })?;
+        }
+        Ok(())
     }
 }
 
@@ -263,6 +277,7 @@ impl VersionWatcher for Service {
     ) -> Result<Response<pb::GetSourceResponse>, Status> {
         let wait = first_probe_wait(&request);
         let spec = spec::validate(request.get_ref().source.as_ref(), "source").map_err(invalid)?;
+        self.check_local(&spec, "source")?;
         let (id, _) = self.hub.ensure(spec).map_err(status_of)?;
         // A source nobody probed yet (just added, by this call or a concurrent one, or restored
         // after a restart) gets its first probe before the answer; others answer at once.
@@ -340,6 +355,9 @@ impl VersionWatcher for Service {
             .map(|(i, spec)| spec::validate(Some(spec), &format!("sources[{i}]")))
             .collect::<Result<Vec<_>, _>>()
             .map_err(invalid)?;
+        for (i, spec) in specs.iter().enumerate() {
+            self.check_local(spec, &format!("sources[{i}]"))?;
+        }
         let mut ids = Vec::with_capacity(specs.len());
         for spec in specs {
             ids.push(self.hub.ensure(spec).map_err(status_of)?.0);

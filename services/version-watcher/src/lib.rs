@@ -30,6 +30,7 @@ use autocrane_api::{
     runtime::{
         RuntimeError,
         args::{OptionalAddr, ServerArgs},
+        local_dirs::LocalDirectoryArgs,
         process::Process,
         server::GrpcServer,
     },
@@ -78,6 +79,10 @@ pub struct Args {
     /// Timeout of one whole probe (all its requests), in seconds.
     #[arg(long, env = "AUTOCRANE_PROBE_TIMEOUT_SECS", default_value_t = 60)]
     pub probe_timeout_secs: u64,
+
+    /// Local directories that directory sources may list.
+    #[command(flatten)]
+    pub directories: LocalDirectoryArgs,
 }
 
 fn parse_optional_addr(text: &str) -> Result<OptionalAddr, String> {
@@ -124,7 +129,9 @@ pub async fn run(args: Args, process: Process) -> Result<(), Error> {
         upstream_burst,
         upstream_timeout_secs,
         probe_timeout_secs,
+        directories,
     } = args;
+    let directories = directories.allowed();
     let auth = match &registry_credentials {
         Some(path) => {
             upstream::oci::Auth::from_docker_config(path).map_err(Error::LoadCredentials)?
@@ -135,6 +142,7 @@ pub async fn run(args: Args, process: Process) -> Result<(), Error> {
         Arc::new(upstream::RateLimiter::new(upstream_rate, upstream_burst)),
         Arc::new(auth),
         Duration::from_secs(upstream_timeout_secs.max(1)),
+        directories.clone(),
     );
     let store = store::Store::open(&state_dir).map_err(Error::OpenState)?;
     let metrics = hub::Metrics::register(&process.registry);
@@ -154,9 +162,13 @@ pub async fn run(args: Args, process: Process) -> Result<(), Error> {
             .map_err(|source| Error::BindWebhook { addr, source })?;
         tokio::spawn(serve);
     }
-    let grpc = GrpcServer::new(&server)
-        .map_err(Error::Serve)?
-        .add_service(VersionWatcherServer::new(grpc::Service::new(hub)));
+    let grpc =
+        GrpcServer::new(&server)
+            .map_err(Error::Serve)?
+            .add_service(VersionWatcherServer::new(grpc::Service::new(
+                hub,
+                directories,
+            )));
     process.serve(&server, grpc).await.map_err(Error::Serve)
 }
 

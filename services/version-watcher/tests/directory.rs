@@ -78,3 +78,80 @@ async fn a_new_subdirectory_reaches_a_watcher_through_a_hook() {
     ));
     watcher.stop().await;
 }
+
+fn directory_spec(path: &std::path::Path) -> pb::SourceSpec {
+    pb::SourceSpec {
+        upstream: Some(pb::source_spec::Upstream::Directory(pb::DirectorySource {
+            path: path.to_str().unwrap().to_string(),
+            version_file: String::new(),
+        })),
+        policy: Some(pb::VersionPolicy {
+            policy: semver_any(),
+        }),
+        poll_interval: None,
+    }
+}
+
+#[tokio::test]
+async fn directory_sources_outside_the_allowed_directories_are_refused() {
+    // The in-process watcher may read the temp dir only; a symlink out of it does not help.
+    let state = tempfile::tempdir().unwrap();
+    let watcher = InProcess::start(state.path()).await;
+    let mut client = watcher.client().await;
+    let data = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink("/etc", data.path().join("etc")).unwrap();
+    for (path, field) in [
+        (std::path::Path::new("/etc"), "source.directory.path"),
+        (&data.path().join("etc"), "source.directory.path"),
+    ] {
+        let refused = client
+            .get_source(pb::GetSourceRequest {
+                source: Some(directory_spec(path)),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+        assert!(
+            refused.message().starts_with(&format!("{field}: "))
+                && refused
+                    .message()
+                    .contains("is outside the directories this server may read"),
+            "{}",
+            refused.message()
+        );
+    }
+    let refused = client
+        .watch_versions(pb::WatchVersionsRequest {
+            sources: vec![directory_spec(data.path()), directory_spec("/etc".as_ref())],
+            resume_token: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        refused.message().starts_with("sources[1].directory.path: "),
+        "{}",
+        refused.message()
+    );
+    watcher.stop().await;
+
+    // The real binary without --allow-directory refuses every directory source.
+    let state = tempfile::tempdir().unwrap();
+    let binary = BinaryWatcher::start(state.path()).await;
+    let refused = binary
+        .client()
+        .await
+        .get_source(pb::GetSourceRequest {
+            source: Some(directory_spec(data.path())),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(
+        refused.message().contains(
+            "directory sources are disabled on this server (start it with --allow-directory DIR)"
+        ),
+        "{}",
+        refused.message()
+    );
+    binary.stop().await;
+}

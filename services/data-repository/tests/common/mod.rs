@@ -170,6 +170,9 @@ impl Stack {
                 "off",
                 "--state-dir",
                 dir.join("vw-state").to_str().unwrap(),
+                // Directory sources live under the test's directory; nothing else is readable.
+                "--allow-directory",
+                dir.to_str().unwrap(),
             ]),
             dir,
         );
@@ -185,6 +188,8 @@ impl Stack {
             store.to_str().unwrap(),
             "--version-watcher",
             &vw_url,
+            "--allow-directory",
+            dir.to_str().unwrap(),
         ]);
         args.extend(strings(repo_args));
         let repo = Proc::autocrane("data-repository", &args, dir);

@@ -13,6 +13,7 @@ pub mod oci;
 
 use std::{sync::Arc, time::Duration};
 
+use autocrane_api::runtime::local_dirs::AllowedDirectories;
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
@@ -60,6 +61,9 @@ pub struct Upstreams {
     pub oci_auth: Arc<oci::Auth>,
     /// Timeout of one request.
     pub request_timeout: Duration,
+    /// Where directory sources may be read (checked again at every probe, so a source restored
+    /// from state after the list changed cannot read outside it either).
+    pub directories: AllowedDirectories,
 }
 
 /// A response: status, headers, body.
@@ -79,6 +83,7 @@ impl Upstreams {
         limiter: Arc<RateLimiter>,
         oci_auth: Arc<oci::Auth>,
         request_timeout: Duration,
+        directories: AllowedDirectories,
     ) -> Self {
         let client = Client::builder(hyper_util::rt::TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
@@ -89,6 +94,7 @@ impl Upstreams {
             limiter,
             oci_auth,
             request_timeout,
+            directories,
         }
     }
 
@@ -201,7 +207,12 @@ pub async fn probe(
         Upstream::Http { url, json_pointer } => {
             http_source::probe(ctx, url, json_pointer, previous_validator).await
         }
-        Upstream::Directory { path, version_file } => directory::probe(path, version_file).await,
+        Upstream::Directory { path, version_file } => {
+            ctx.directories
+                .check(std::path::Path::new(path))
+                .map_err(ProbeError::new)?;
+            directory::probe(path, version_file).await
+        }
     }
 }
 

@@ -481,6 +481,10 @@ impl InProcess {
             upstream_burst: 200,
             upstream_timeout_secs: 5,
             probe_timeout_secs: 30,
+            // Tests keep their directory sources in temporary directories.
+            directories: autocrane_api::runtime::local_dirs::LocalDirectoryArgs {
+                allow_directories: vec![std::env::temp_dir()],
+            },
         };
         let (trigger, shutdown) = Shutdown::new();
         let task = tokio::spawn(autocrane_version_watcher::run(args, Process::new(shutdown)));
