@@ -174,15 +174,41 @@ pub fn autocrane_bin() -> PathBuf {
     BUILT
         .get_or_init(|| {
             let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-            let status = Command::new(cargo)
+            let mut command = Command::new(cargo);
+            // `cargo test` gives each test process the variables of its own package
+            // (CARGO_MANIFEST_DIR, CARGO_PKG_*, …). Passed on, they would differ from what the
+            // outer cargo saw, and build scripts that watch them (ring's does) would rerun,
+            // rebuilding everything above them once per test package.
+            for (name, _) in std::env::vars_os() {
+                let name = name.to_string_lossy();
+                let from_the_test_harness = name.starts_with("CARGO_PKG_")
+                    || name.starts_with("CARGO_BIN_EXE_")
+                    || matches!(
+                        name.as_ref(),
+                        "CARGO_MANIFEST_DIR"
+                            | "CARGO_MANIFEST_PATH"
+                            | "CARGO_CRATE_NAME"
+                            | "CARGO_PRIMARY_PACKAGE"
+                            | "CARGO_TARGET_TMPDIR"
+                            | "CARGO_RUSTC_CURRENT_DIR"
+                            | "OUT_DIR"
+                    );
+                if from_the_test_harness {
+                    command.env_remove(name.as_ref());
+                }
+            }
+            let status = command
                 // The whole workspace with every target, as CI builds it before testing: with
                 // `-p autocrane` alone, cargo unifies features differently, rebuilds half the
                 // dependency graph and leaves a binary the next `cargo test --workspace` rebuilds.
                 .args(["build", "--quiet", "--workspace", "--all-targets"])
                 .current_dir(workspace_root())
                 .status()
-                .expect("running cargo build -p autocrane");
-            assert!(status.success(), "cargo build -p autocrane failed");
+                .expect("running cargo build --workspace --all-targets");
+            assert!(
+                status.success(),
+                "cargo build --workspace --all-targets failed"
+            );
             let target = std::env::var_os("CARGO_TARGET_DIR")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| workspace_root().join("target"));
