@@ -177,3 +177,44 @@ async fn rbac_applies_and_grants_each_component_only_its_job() {
     ));
     assert!(!can("autocrane-version-watcher", "get", "pods", "shop"));
 }
+
+#[test]
+fn only_the_data_repository_and_the_controller_reach_the_version_watcher_api() {
+    let docs = documents("components.yaml");
+    let policy = docs
+        .iter()
+        .find(|d| {
+            d["kind"] == "NetworkPolicy" && d["metadata"]["name"] == "autocrane-version-watcher"
+        })
+        .expect("a NetworkPolicy for the VersionWatcher");
+    let watcher = docs
+        .iter()
+        .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == "autocrane-version-watcher")
+        .unwrap();
+    assert_eq!(
+        policy["spec"]["podSelector"]["matchLabels"],
+        watcher["spec"]["template"]["metadata"]["labels"],
+        "the policy selects the VersionWatcher's pods"
+    );
+    assert_eq!(policy["spec"]["policyTypes"][0], "Ingress");
+    let rules = policy["spec"]["ingress"].as_array().unwrap();
+    let grpc = rules
+        .iter()
+        .find(|r| r["ports"][0]["port"] == "grpc")
+        .expect("a rule for the gRPC port");
+    let callers = &grpc["from"][0]["podSelector"]["matchExpressions"][0];
+    assert_eq!(callers["key"], "app.kubernetes.io/component");
+    assert_eq!(callers["operator"], "In");
+    assert_eq!(
+        callers["values"],
+        serde_json::json!(["data-repository", "controller"])
+    );
+    assert!(
+        grpc["from"][0].get("namespaceSelector").is_none(),
+        "callers from this namespace only"
+    );
+    // Every other rule opens only the metrics port.
+    for rule in rules.iter().filter(|r| r["ports"][0]["port"] != "grpc") {
+        assert_eq!(rule["ports"], serde_json::json!([{"port": "admin"}]));
+    }
+}
