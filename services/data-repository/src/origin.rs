@@ -14,7 +14,7 @@ use autocrane_api::proto::version_v1::{self as vpb, source_spec::Upstream};
 use autocrane_api::runtime::local_dirs::AllowedDirectories;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::{Client, connect::HttpConnector};
+use hyper_util::client::legacy::Client;
 use tokio::io::AsyncWriteExt;
 
 use crate::{
@@ -25,7 +25,7 @@ use crate::{
 /// How long one HTTP download may take.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(600);
 
-type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
+type HttpsClient = Client<autocrane_api::runtime::upstream_http::UpstreamConnector, Empty<Bytes>>;
 
 /// Fetches versions from origins.
 #[derive(Clone, Debug)]

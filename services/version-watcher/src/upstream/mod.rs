@@ -17,7 +17,7 @@ use autocrane_api::runtime::local_dirs::AllowedDirectories;
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::client::legacy::{Client, connect::HttpConnector};
+use hyper_util::client::legacy::Client;
 
 pub use limiter::RateLimiter;
 
@@ -49,7 +49,7 @@ impl ProbeError {
     }
 }
 
-type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+type HttpsClient = Client<autocrane_api::runtime::upstream_http::UpstreamConnector, Full<Bytes>>;
 
 /// Shared I/O context of all probers.
 #[derive(Clone, Debug)]
