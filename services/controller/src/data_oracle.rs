@@ -118,6 +118,33 @@ fn silent_past_deadline(
     due <= now
 }
 
+/// Marks `target` bad for `why` (never retried, quarantined), starts the revert to LKG and emits
+/// the Warning `event`.
+fn fail_target(
+    status: &mut DataSourceStatus,
+    decision: &mut SourceDecision,
+    target: String,
+    why: String,
+    event: &'static str,
+    now: Timestamp,
+) {
+    status.bad.push(BadVersion {
+        version: target.clone(),
+        reason: why.clone(),
+        at: Time(now),
+    });
+    status.stage = Some(DataStage::Reverting);
+    status.stage_started_at = Some(Time(now));
+    decision.events.push(Event::warning(
+        event,
+        format!(
+            "{why}; reverting to {}",
+            status.lkg.as_deref().unwrap_or("nothing")
+        ),
+    ));
+    decision.quarantine = Some((target, why));
+}
+
 /// Moves a rollout already in progress: detects failures, promotes canaries, declares LKG, ends a
 /// revert. `live` are the deployment's pods that are not being deleted.
 pub fn advance(
@@ -149,27 +176,16 @@ pub fn advance(
                     status.stage_started_at = None;
                 }
             }
-            _ if live.iter().any(|p| failed_on(p, source, &target)) => {
-                let pod = live
-                    .iter()
-                    .find(|p| failed_on(p, source, &target))
-                    .map_or("", |p| &p.name);
-                let why = format!("pod {pod} failed on {source} version {target}");
-                status.bad.push(BadVersion {
-                    version: target.clone(),
-                    reason: why.clone(),
-                    at: Time(now),
-                });
-                status.stage = Some(DataStage::Reverting);
-                status.stage_started_at = Some(Time(now));
-                decision.events.push(Event::warning(
+            _ if let Some(pod) = live.iter().find(|p| failed_on(p, source, &target)) => {
+                let why = format!("pod {} failed on {source} version {target}", pod.name);
+                fail_target(
+                    &mut status,
+                    &mut decision,
+                    target,
+                    why,
                     reason::DATA_VERSION_FAILED,
-                    format!(
-                        "{why}; reverting to {}",
-                        status.lkg.as_deref().unwrap_or("nothing")
-                    ),
-                ));
-                decision.quarantine = Some((target, why));
+                    now,
+                );
             }
             DataStage::Canary | DataStage::Promoted
                 if let Some(pod) = status.stage_started_at.as_ref().and_then(|started| {
@@ -190,21 +206,14 @@ pub fn advance(
                     "pod {} did not report {source} version {target} within the data progress deadline ({})",
                     pod.name, config.progress_deadline,
                 );
-                status.bad.push(BadVersion {
-                    version: target.clone(),
-                    reason: why.clone(),
-                    at: Time(now),
-                });
-                status.stage = Some(DataStage::Reverting);
-                status.stage_started_at = Some(Time(now));
-                decision.events.push(Event::warning(
+                fail_target(
+                    &mut status,
+                    &mut decision,
+                    target,
+                    why,
                     reason::DATA_PROGRESS_DEADLINE_EXCEEDED,
-                    format!(
-                        "{why}; reverting to {}",
-                        status.lkg.as_deref().unwrap_or("nothing")
-                    ),
-                ));
-                decision.quarantine = Some((target, why));
+                    now,
+                );
             }
             DataStage::Canary => {
                 let running = live.iter().filter(|p| p.phase == PodPhase::Running).count();
