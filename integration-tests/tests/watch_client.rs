@@ -329,60 +329,63 @@ impl VersionWatcher for Slow {
     }
 }
 
-#[tokio::test]
-async fn calls_beyond_the_concurrency_limit_get_resource_exhausted() {
+/// Starts the slow VersionWatcher with `limit` applied to its args; returns its address, the
+/// trigger that stops it and the serving task.
+async fn slow_server(
+    limit: impl FnOnce(&mut ServerArgs),
+) -> (
+    std::net::SocketAddr,
+    autocrane_api::runtime::shutdown::ShutdownTrigger,
+    tokio::task::JoinHandle<Result<(), autocrane_api::runtime::RuntimeError>>,
+) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let mut args = ServerArgs::local(addr);
-    args.max_concurrent_requests = 2;
+    limit(&mut args);
     let grpc = GrpcServer::new(&args)
         .unwrap()
         .add_service(VersionWatcherServer::new(Slow));
     let (stop, shutdown) = Shutdown::new();
     let server = tokio::spawn(grpc.serve_with_listener(listener, shutdown));
+    (addr, stop, server)
+}
 
-    // One connection, five calls at once: two run, the rest are refused at once.
-    let channel = client::connect(&format!("http://{addr}"), &ClientTlsArgs::default())
+async fn get_source(channel: &client::AutoCraneChannel) -> Result<(), Status> {
+    VersionWatcherClient::new(channel.clone())
+        .get_source(autocrane_api::proto::version_v1::GetSourceRequest::default())
         .await
-        .unwrap();
-    let calls = (0..5).map(|_| {
-        let mut client = VersionWatcherClient::new(channel.clone());
-        async move {
-            client
-                .get_source(autocrane_api::proto::version_v1::GetSourceRequest::default())
-                .await
-        }
-    });
-    let results = futures::future::join_all(calls).await;
+        .map(drop)
+}
+
+/// One call per channel, all at once: (answered, refused with RESOURCE_EXHAUSTED).
+async fn call_at_once(channels: &[client::AutoCraneChannel]) -> (usize, usize) {
+    let results = futures::future::join_all(channels.iter().map(get_source)).await;
     let ok = results.iter().filter(|r| r.is_ok()).count();
     let exhausted = results
         .iter()
         .filter(|r| matches!(r, Err(s) if s.code() == tonic::Code::ResourceExhausted))
         .count();
-    assert_eq!((ok, exhausted), (2, 3), "{results:?}");
+    assert_eq!(ok + exhausted, results.len(), "{results:?}");
+    (ok, exhausted)
+}
 
-    // Once the load is gone, calls succeed again.
-    let mut client = VersionWatcherClient::new(channel);
-    client
-        .get_source(autocrane_api::proto::version_v1::GetSourceRequest::default())
+#[tokio::test]
+async fn calls_beyond_the_concurrency_limit_get_resource_exhausted() {
+    let (addr, stop, server) = slow_server(|args| args.max_concurrent_requests = 2).await;
+    // One connection, five calls at once: two run, the rest are refused at once.
+    let channel = client::connect(&format!("http://{addr}"), &ClientTlsArgs::default())
         .await
         .unwrap();
+    assert_eq!(call_at_once(&vec![channel.clone(); 5]).await, (2, 3));
+    // Once the load is gone, calls succeed again.
+    get_source(&channel).await.unwrap();
     stop.trigger();
     server.await.unwrap().unwrap();
 }
 
 #[tokio::test]
 async fn calls_beyond_the_process_wide_limit_get_resource_exhausted_whatever_their_connection() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let mut args = ServerArgs::local(addr);
-    args.max_concurrent_requests_total = 2;
-    let grpc = GrpcServer::new(&args)
-        .unwrap()
-        .add_service(VersionWatcherServer::new(Slow));
-    let (stop, shutdown) = Shutdown::new();
-    let server = tokio::spawn(grpc.serve_with_listener(listener, shutdown));
-
+    let (addr, stop, server) = slow_server(|args| args.max_concurrent_requests_total = 2).await;
     // Five clients, each on its own connection (well under the per-connection limit), at once.
     let mut channels = Vec::new();
     for _ in 0..5 {
@@ -392,28 +395,10 @@ async fn calls_beyond_the_process_wide_limit_get_resource_exhausted_whatever_the
                 .unwrap(),
         );
     }
-    let calls = channels.iter().map(|channel| {
-        let mut client = VersionWatcherClient::new(channel.clone());
-        async move {
-            client
-                .get_source(autocrane_api::proto::version_v1::GetSourceRequest::default())
-                .await
-        }
-    });
-    let results = futures::future::join_all(calls).await;
-    let ok = results.iter().filter(|r| r.is_ok()).count();
-    let exhausted = results
-        .iter()
-        .filter(|r| matches!(r, Err(s) if s.code() == tonic::Code::ResourceExhausted))
-        .count();
-    assert_eq!((ok, exhausted), (2, 3), "{results:?}");
-
+    assert_eq!(call_at_once(&channels).await, (2, 3));
     // The permits come back: every connection can call again.
-    for channel in channels {
-        VersionWatcherClient::new(channel)
-            .get_source(autocrane_api::proto::version_v1::GetSourceRequest::default())
-            .await
-            .unwrap();
+    for channel in &channels {
+        get_source(channel).await.unwrap();
     }
     stop.trigger();
     server.await.unwrap().unwrap();
