@@ -1,27 +1,12 @@
 //! The real `autocrane watchdog-listener` against kube-sim exports its write path on `/metrics`:
 //! after two posts through the `autocrane watchdog` CLI, the operation and patch counters say so.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 
-use autocrane_integration_tests::{Running, autocrane_bin, run};
+use autocrane_integration_tests::{Running, autocrane_bin, http_get, run};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
 use kube_sim::KubeSim;
-
-fn metrics(admin: SocketAddr) -> String {
-    let mut stream = TcpStream::connect(admin).unwrap();
-    write!(
-        stream,
-        "GET /metrics HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    response
-}
 
 /// The value of an unlabelled sample.
 fn sample(text: &str, name: &str) -> Option<u64> {
@@ -90,9 +75,10 @@ async fn the_listener_exports_write_path_counters() {
     }
 
     // The counters move before a post is answered, so one scrape after both posts sees both.
-    let text = tokio::task::spawn_blocking(move || metrics(admin))
+    let (status, text) = tokio::task::spawn_blocking(move || http_get(admin, "/metrics"))
         .await
         .unwrap();
+    assert_eq!(status, 200, "{text}");
     let operations = sample(&text, "watchdog_listener_writes_operations_total");
     let patches = sample(&text, "watchdog_listener_writes_patches_total");
     assert!(operations >= Some(2), "{text}");

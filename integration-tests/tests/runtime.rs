@@ -2,12 +2,7 @@
 //! certificates (checked with grpcurl and a tonic client), the admin listener's `/metrics` and
 //! `/healthz`, message-size limits, and a clean exit on SIGTERM.
 
-use std::{
-    io::{Read, Write},
-    net::{SocketAddr, TcpStream},
-    process::Command,
-    time::Duration,
-};
+use std::{process::Command, time::Duration};
 
 use autocrane_api::{
     proto::watchdog_v1::{
@@ -15,7 +10,7 @@ use autocrane_api::{
     },
     runtime::{args::ClientTlsArgs, client},
 };
-use autocrane_integration_tests::{Running, run, tool};
+use autocrane_integration_tests::{Running, http_get, run, tool};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
 };
@@ -154,26 +149,6 @@ async fn tls_with_client_certificates_admits_only_certified_clients() {
     let (ok, _, _) =
         run(Command::new(&grpcurl).args(["-plaintext", "-connect-timeout", "2", &address, "list"]));
     assert!(!ok, "plaintext must not reach a TLS server");
-}
-
-fn http_get(address: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(address).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0);
-    (status, response)
 }
 
 #[tokio::test]
