@@ -39,10 +39,14 @@ pub struct AllowedDirectories {
 }
 
 impl AllowedDirectories {
-    /// The directories under `roots`; none means directory sources are refused.
+    /// The directories under `roots`; none means directory sources are refused. Roots are
+    /// resolved once here (a root that does not exist yet is kept as written).
     pub fn new(roots: impl IntoIterator<Item = PathBuf>) -> Self {
         Self {
-            roots: roots.into_iter().collect(),
+            roots: roots
+                .into_iter()
+                .map(|root| std::fs::canonicalize(&root).unwrap_or(root))
+                .collect(),
         }
     }
 
@@ -58,11 +62,7 @@ impl AllowedDirectories {
             );
         }
         let resolved = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-        let inside = self.roots.iter().any(|root| {
-            let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.clone());
-            resolved.starts_with(&root)
-        });
-        if inside {
+        if self.roots.iter().any(|root| resolved.starts_with(root)) {
             Ok(())
         } else {
             let roots: Vec<String> = self.roots.iter().map(|r| r.display().to_string()).collect();

@@ -84,8 +84,7 @@ pub(crate) fn builtin_prepare(
                 obj.as_object_mut().and_then(|o| o.remove("stringData"))
             {
                 use base64::Engine;
-                let data = obj["data"].as_object().cloned().unwrap_or_default();
-                let mut data = data;
+                let mut data = obj["data"].as_object().cloned().unwrap_or_default();
                 for (key, value) in plain {
                     let text = value.as_str().unwrap_or_default();
                     data.insert(

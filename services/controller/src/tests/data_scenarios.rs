@@ -120,19 +120,25 @@ fn failed_apply_reverts_canaries_and_marks_the_version_bad() {
     assert_eq!(world.status().data[0].lkg.as_deref(), Some("a"));
 }
 
-#[test]
-fn a_canary_that_never_reports_fails_the_version_at_the_data_progress_deadline() {
+/// 4 pods of v1 using source `d` with `a` as LKG, canary 25%, the given bake and data deadline.
+fn with_data_deadline(bake: u64, deadline: u64) -> World {
     let mut world = World::running(
         deployment()
             .replicas(4)
             .pinned("v1")
             .data_source("d")
-            .canary(25, 60)
-            .data_deadline(600),
+            .canary(25, bake)
+            .data_deadline(deadline),
     );
     world.data.insert("d".into(), vec!["a".into()]);
     world.settle(40);
     assert_eq!(world.status().data[0].lkg.as_deref(), Some("a"));
+    world
+}
+
+#[test]
+fn a_canary_that_never_reports_fails_the_version_at_the_data_progress_deadline() {
+    let mut world = with_data_deadline(60, 600);
     world.silent_data.insert("b".into());
     world.data.insert("d".into(), vec!["b".into(), "a".into()]);
     let plan = world.step();
@@ -183,16 +189,7 @@ fn a_canary_that_never_reports_fails_the_version_at_the_data_progress_deadline()
 #[test]
 fn a_slow_but_reporting_rollout_is_not_failed_by_the_deadline() {
     // The bake (15m) is longer than the deadline (10m): only silence counts, not baking.
-    let mut world = World::running(
-        deployment()
-            .replicas(4)
-            .pinned("v1")
-            .data_source("d")
-            .canary(25, 900)
-            .data_deadline(600),
-    );
-    world.data.insert("d".into(), vec!["a".into()]);
-    world.settle(40);
+    let mut world = with_data_deadline(900, 600);
     world.data.insert("d".into(), vec!["b".into(), "a".into()]);
     world.settle(200);
     assert_eq!(world.status().data[0].lkg.as_deref(), Some("b"));
