@@ -63,36 +63,36 @@ fn container_of(pod: &Value, name: &str, asked: Option<&str>) -> Result<String, 
     }
 }
 
-/// `PodLogOptions "NAME" is invalid: tailLines: Invalid value: -1: must be …`, as
-/// `ValidatePodLogOptions` reports it.
-fn positive(
+/// The count in `key`, at least `min`; otherwise `PodLogOptions "NAME" is invalid: tailLines:
+/// Invalid value: -1: must be …`, as `ValidatePodLogOptions` reports it.
+fn count_at_least(
     q: &HashMap<String, String>,
     key: &str,
+    min: i64,
     pod_name: &str,
 ) -> Result<Option<usize>, ApiError> {
-    match q.get(key) {
-        None => Ok(None),
-        Some(v) => match v.parse::<i64>() {
-            Ok(n) if n >= 0 && key == "tailLines" => Ok(Some(n as usize)),
-            Ok(n) if n > 0 => Ok(Some(n as usize)),
-            _ => Err(ApiError::invalid(
-                "PodLogOptions",
-                "",
-                pod_name,
-                vec![crate::status::Cause {
-                    reason: "FieldValueInvalid",
-                    message: format!(
-                        "Invalid value: {v}: must be {}",
-                        if key == "tailLines" {
-                            "greater than or equal to 0"
-                        } else {
-                            "greater than 0"
-                        }
-                    ),
-                    field: key.into(),
-                }],
-            )),
-        },
+    let Some(v) = q.get(key) else {
+        return Ok(None);
+    };
+    match v.parse::<i64>().ok().filter(|n| *n >= min) {
+        Some(n) => Ok(usize::try_from(n).ok()),
+        None => Err(ApiError::invalid(
+            "PodLogOptions",
+            "",
+            pod_name,
+            vec![crate::status::Cause {
+                reason: "FieldValueInvalid",
+                message: format!(
+                    "Invalid value: {v}: must be {}",
+                    if min == 0 {
+                        "greater than or equal to 0"
+                    } else {
+                        "greater than 0"
+                    }
+                ),
+                field: key.into(),
+            }],
+        )),
     }
 }
 
@@ -106,8 +106,8 @@ pub(crate) fn pod_log(
     let name = pod["metadata"]["name"].as_str().unwrap_or_default();
     let container = container_of(pod, name, q.get("container").map(String::as_str))?;
     let previous = q.get("previous").is_some_and(|v| v == "true");
-    let tail = positive(q, "tailLines", name)?;
-    let limit = positive(q, "limitBytes", name)?;
+    let tail = count_at_least(q, "tailLines", 0, name)?;
+    let limit = count_at_least(q, "limitBytes", 1, name)?;
     let scheduled = pod["spec"]["nodeName"]
         .as_str()
         .is_some_and(|n| !n.is_empty());
