@@ -20,9 +20,15 @@ fn main() -> Result<(), Box<dyn Error>> {
         prost::Message::encode_to_vec(&file_descriptors),
     )?;
 
+    // The client and server stubs need tonic; the messages only prost. They are compiled only with
+    // the `grpc` feature (on by default), so a crate that needs the messages, the CRD types and the
+    // codecs — the controller's decision core — depends on neither tonic nor tokio.
+    let grpc_only = r#"#[cfg(feature = "grpc")]"#;
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        .client_mod_attribute(".", grpc_only)
+        .server_mod_attribute(".", grpc_only)
         // Unimplemented RPCs answer UNIMPLEMENTED, so a service can be served before every RPC exists.
         .generate_default_stubs(true)
         .compile_fds(file_descriptors)?;

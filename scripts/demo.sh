@@ -74,7 +74,7 @@ run kubectl get pods -n demo -o wide
 
 say "Starting the WatchdogListener (anonymous posts allowed: local play only)"
 "$BIN/autocrane" watchdog-listener --listen 127.0.0.1:0 --admin-listen off --insecure-allow-anonymous \
-  --prober --probe-interval-secs 2 \
+  --prober --probe-interval 2s \
   >"$WORK/listener.log" 2>&1 &
 PIDS+=($!)
 ADDR=""

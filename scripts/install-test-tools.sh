@@ -48,4 +48,44 @@ fi
 [[ -x /usr/bin/docker-registry ]] || { log "docker-registry missing after install"; exit 1; }
 command -v kubectl >/dev/null || { log "kubectl is required on PATH (it is preinstalled on these machines)"; exit 1; }
 
+# --- upstream Kubernetes control plane (integration-tests/cluster) ---
+# One Go binary holding etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kubectl
+# at the version pinned in integration-tests/cluster/go.mod, plus `cluster up` (a whole control
+# plane on loopback; see integration-tests/cluster/README.md). Built from the Go module proxy into
+# .cache/cluster/cluster (ignored); skipped when the stamp records the same go.mod, go.sum, *.go,
+# Go version and flags. The module and build caches stay in Go's defaults outside the clone
+# (~/go/pkg/mod, ~/.cache/go-build): a cold build takes many minutes on 2 cores, a warm one seconds.
+# scripts/real-cluster.sh runs this block on its own (it is cut out between the two markers).
+CLUSTER_SRC=integration-tests/cluster
+CLUSTER_BIN=.cache/cluster/cluster
+CLUSTER_STAMP=.cache/cluster/cluster.stamp
+command -v go >/dev/null || { log "go is required to build $CLUSTER_BIN (integration-tests/cluster)"; exit 1; }
+CLUSTER_K8S_VERSION="$(awk '$1 == "k8s.io/kubernetes" { print $2; exit }' "$CLUSTER_SRC/go.mod")"
+[[ "$CLUSTER_K8S_VERSION" =~ ^v1\.([0-9]+)\.[0-9]+$ ]] \
+  || { log "cannot read the k8s.io/kubernetes version from $CLUSTER_SRC/go.mod"; exit 1; }
+CLUSTER_LDFLAGS="-X k8s.io/component-base/version.gitVersion=$CLUSTER_K8S_VERSION -X k8s.io/client-go/pkg/version.gitVersion=$CLUSTER_K8S_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=${BASH_REMATCH[1]} -s -w"
+cluster_hash() {
+  { go version; printf '%s\n' "$CLUSTER_LDFLAGS"; (cd "$CLUSTER_SRC" && LC_ALL=C sha256sum go.mod go.sum ./*.go); } \
+    | sha256sum | cut -d' ' -f1
+}
+CLUSTER_HASH="$(cluster_hash)"
+if [[ ! -x "$CLUSTER_BIN" || ! -f "$CLUSTER_STAMP" || "$(cat "$CLUSTER_STAMP")" != "$CLUSTER_HASH" ]]; then
+  mkdir -p "$(dirname "$CLUSTER_BIN")"
+  # One Go build at a time, even when several test runs get here together.
+  exec {cluster_lock}>"$(dirname "$CLUSTER_BIN")/.build.lock"
+  flock "$cluster_lock"
+  if [[ ! -x "$CLUSTER_BIN" || ! -f "$CLUSTER_STAMP" || "$(cat "$CLUSTER_STAMP")" != "$CLUSTER_HASH" ]]; then
+    log "building $CLUSTER_BIN (Kubernetes $CLUSTER_K8S_VERSION from Go modules; a cold build takes 10+ minutes on 2 cores) ..."
+    rm -f "$CLUSTER_STAMP"
+    cluster_start=$SECONDS
+    (cd "$CLUSTER_SRC" && CGO_ENABLED=0 go build -trimpath -ldflags "$CLUSTER_LDFLAGS" -o "$ROOT/$CLUSTER_BIN" .) \
+      || { log "building $CLUSTER_BIN failed"; exit 1; }
+    printf '%s' "$CLUSTER_HASH" > "$CLUSTER_STAMP"
+    log "built $CLUSTER_BIN in $((SECONDS - cluster_start)) s"
+  fi
+  exec {cluster_lock}>&-
+fi
+"$CLUSTER_BIN" kubectl version --client >/dev/null 2>&1 || { log "$CLUSTER_BIN is not runnable"; exit 1; }
+# --- end of upstream Kubernetes control plane (integration-tests/cluster) ---
+
 log "tools ready"

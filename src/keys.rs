@@ -38,6 +38,15 @@ pub const DATA_WATCHDOG_PREFIX: &str = "data-";
 /// The resource name RBAC rules use to grant watchdog access (`watchdogs` in group `autocrane.io`).
 pub const WATCHDOG_RESOURCE: &str = "watchdogs";
 
+/// The pod condition (and readiness gate `conditionType`) the WatchdogListener keeps in step with
+/// the rollup on pods the controller creates: `False` while the pod is in `error`, so Services stop
+/// routing to it at once, before any rollback or restart.
+pub const HEALTHY_CONDITION: &str = "autocrane.io/healthy";
+
+/// The finalizer the controller puts on an AutoCraneDeployment while it holds DataRepository pins,
+/// so deleting the deployment releases them first.
+pub const PINS_FINALIZER: &str = "autocrane.io/pins";
+
 /// The field manager every AutoCrane writer uses for server-side apply and patches.
 pub const FIELD_MANAGER: &str = "autocrane";
 

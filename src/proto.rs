@@ -15,21 +15,21 @@ pub mod autocrane {
     pub mod watchdog {
         /// Version 1.
         pub mod v1 {
-            tonic::include_proto!("autocrane.watchdog.v1");
+            include!(concat!(env!("OUT_DIR"), "/autocrane.watchdog.v1.rs"));
         }
     }
     /// `autocrane.version.v1`: discover upstream versions and stream them.
     pub mod version {
         /// Version 1.
         pub mod v1 {
-            tonic::include_proto!("autocrane.version.v1");
+            include!(concat!(env!("OUT_DIR"), "/autocrane.version.v1.rs"));
         }
     }
     /// `autocrane.data.v1`: store data versions and serve their files.
     pub mod data {
         /// Version 1.
         pub mod v1 {
-            tonic::include_proto!("autocrane.data.v1");
+            include!(concat!(env!("OUT_DIR"), "/autocrane.data.v1.rs"));
         }
     }
 }

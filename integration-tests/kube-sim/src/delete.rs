@@ -107,8 +107,9 @@ pub fn delete(
     if !finalizers.is_empty() || grace > 0 || (rt.kind == "Namespace" && rt.group.is_empty()) {
         if !already {
             obj["metadata"]["deletionTimestamp"] = json!(if grace > 0 {
-                (chrono::Utc::now() + chrono::Duration::seconds(grace))
-                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                crate::verbs::rfc3339_secs(
+                    jiff::Timestamp::now() + jiff::SignedDuration::from_secs(grace),
+                )
             } else {
                 now()
             });

@@ -1,6 +1,8 @@
 //! Fault injection: error rates per verb/resource with a chosen code, added latency, closing
-//! all open watches and compacting history. Random choices come from a seeded RNG.
+//! all open watches and compacting history. Random choices come from a seeded RNG. Every
+//! injected error is counted (per verb), so a test can check its faults actually fired.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -50,6 +52,8 @@ pub struct FaultConfig {
 struct Inner {
     config: FaultConfig,
     rng: StdRng,
+    /// Errors injected so far, per verb (kept across `set`/`clear`).
+    injected: BTreeMap<String, u64>,
 }
 
 /// Handle to the simulator's faults; cheap to clone.
@@ -66,6 +70,7 @@ impl Faults {
             inner: Arc::new(Mutex::new(Inner {
                 config: FaultConfig::default(),
                 rng: StdRng::seed_from_u64(0),
+                injected: BTreeMap::new(),
             })),
             close_tx,
             store,
@@ -124,6 +129,16 @@ impl Faults {
         self.store.lock().expect("store lock").compact();
     }
 
+    /// How many errors were injected so far (all verbs), since the simulator started.
+    pub fn injected(&self) -> u64 {
+        self.injected_by_verb().values().sum()
+    }
+
+    /// How many errors were injected so far, per verb (`get`, `watch`, `patch`, …).
+    pub fn injected_by_verb(&self) -> BTreeMap<String, u64> {
+        self.inner.lock().expect("faults lock").injected.clone()
+    }
+
     pub(crate) fn latency(&self) -> Duration {
         Duration::from_millis(self.inner.lock().expect("faults lock").config.latency_ms)
     }
@@ -149,6 +164,7 @@ impl Faults {
         if !i.rng.random_bool(rule.rate.clamp(0.0, 1.0)) {
             return None;
         }
+        *i.injected.entry(verb.to_string()).or_default() += 1;
         let target = crate::status::Target {
             group,
             resource,

@@ -15,6 +15,7 @@ mod builtin;
 mod delete;
 pub mod faults;
 mod managed;
+pub mod node_auth;
 pub mod patch;
 mod pod_log;
 pub mod protobuf;
@@ -35,14 +36,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 pub use faults::{ErrorRule, FaultConfig, Faults};
+pub use pod_log::LogSource;
 
 use server::Shared;
 use store::Store;
@@ -186,6 +186,8 @@ impl Builder {
             bookmark_interval: self.bookmark_interval,
             pod_logs: Mutex::new(None),
         });
+        let tls = tls::generate()?;
+        store.lock().expect("store").root_ca = tls.ca_pem.clone();
         match self.snapshot.as_ref().and_then(|p| std::fs::read(p).ok()) {
             Some(bytes) => {
                 let snap: serde_json::Value =
@@ -198,7 +200,19 @@ impl Builder {
                             .to_string(),
                         message: e.to_string(),
                     })?;
-                store.lock().expect("store").restore(&snap);
+                let mut st = store.lock().expect("store");
+                st.restore(&snap);
+                // This run's CA differs from the snapshot's: republish it, as the root-CA
+                // publisher would.
+                let namespaces: Vec<String> = st
+                    .objects
+                    .get("/namespaces")
+                    .map(|b| b.keys().map(|(_, n)| n.clone()).collect())
+                    .unwrap_or_default();
+                for ns in namespaces {
+                    let cm = verbs::root_ca_configmap(&ns, &tls.ca_pem);
+                    st.put("/configmaps", cm);
+                }
             }
             None => bootstrap(&store)?,
         }
@@ -219,11 +233,15 @@ impl Builder {
             source,
         })?;
         *shared.server_addr.lock().expect("addr") = addr.to_string();
-        let tls = tls::generate()?;
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
-        tasks.spawn(serve(plain, None, shared.clone(), stop_rx.clone()));
-        tasks.spawn(serve(
+        tasks.spawn(server::listen::serve(
+            plain,
+            None,
+            shared.clone(),
+            stop_rx.clone(),
+        ));
+        tasks.spawn(server::listen::serve(
             secure,
             Some(tokio_rustls::TlsAcceptor::from(tls.config.clone())),
             shared.clone(),
@@ -262,6 +280,7 @@ fn bootstrap(store: &Arc<Mutex<Store>>) -> Result<(), Error> {
             manager_explicit: true,
             dry_run: false,
             field_validation: "Ignore".into(),
+            node: None,
         }
     }
     let ns_rt = find("Namespace");
@@ -281,41 +300,6 @@ fn bootstrap(store: &Arc<Mutex<Store>>) -> Result<(), Error> {
         })?;
     }
     Ok(())
-}
-
-async fn serve(
-    listener: TcpListener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-    shared: Arc<Shared>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut conns = JoinSet::new();
-    loop {
-        let accepted = tokio::select! {
-            r = listener.accept() => r,
-            _ = stop.changed() => break,
-        };
-        let Ok((stream, _)) = accepted else { continue };
-        let _ = stream.set_nodelay(true);
-        let shared = shared.clone();
-        let tls = tls.clone();
-        conns.spawn(async move {
-            let svc = service_fn(move |req| server::handle(shared.clone(), req));
-            let builder = hyper::server::conn::http1::Builder::new();
-            match tls {
-                Some(acceptor) => {
-                    if let Ok(s) = acceptor.accept(stream).await {
-                        let _ = builder.serve_connection(TokioIo::new(s), svc).await;
-                    }
-                }
-                None => {
-                    let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
-                }
-            }
-        });
-        while conns.try_join_next().is_some() {}
-    }
-    conns.shutdown().await;
 }
 
 /// A running simulator. Dropping it stops serving.
@@ -364,10 +348,11 @@ impl KubeSim {
         &self.admin_token
     }
 
-    /// Serve `pods/log` (`kubectl logs`) from a kubelet simulator's captured output. Without a
-    /// reader, a log request fails as for a pod whose node is gone.
-    pub fn serve_pod_logs(&self, reader: kubelet_sim::LogReader) {
-        *self.shared.pod_logs.lock().expect("pod_logs") = Some(reader);
+    /// Serve `pods/log` (`kubectl logs`) from a kubelet simulator's captured output (any
+    /// [`LogSource`], e.g. a closure over `kubelet_sim::LogReader::read`). Without a source, a
+    /// log request fails as for a pod whose node is gone.
+    pub fn serve_pod_logs(&self, source: impl LogSource) {
+        *self.shared.pod_logs.lock().expect("pod_logs") = Some(Arc::new(source));
     }
 
     /// Fault injection handle.
@@ -398,7 +383,7 @@ impl KubeSim {
                 {"name": "kube-sim-https", "context": {"cluster": "kube-sim-https", "user": "kube-sim-admin", "namespace": "default"}},
             ],
         });
-        serde_yaml::to_string(&cfg).expect("yaml")
+        serde_saphyr::to_string(&cfg).expect("a JSON value serializes as YAML")
     }
 
     /// Write [`kubeconfig`](Self::kubeconfig) to a file.
@@ -450,6 +435,7 @@ impl KubeSim {
             manager_explicit: true,
             dry_run: false,
             field_validation: "Ignore".into(),
+            node: None,
         };
         if st.get("/namespaces", "", namespace).is_none() {
             let _ = verbs::create(
@@ -476,6 +462,20 @@ impl KubeSim {
                 e.message
             ),
         }
+    }
+
+    /// A credential of node `node`: a bearer token that authenticates as user
+    /// `system:node:<node>` in group `system:nodes`, so the Node authorizer and NodeRestriction
+    /// apply to it as on a real cluster (which gives nodes client certificates instead).
+    pub fn issue_node_token(&self, node: &str) -> String {
+        let token = format!("node-{}", auth::random_string(32));
+        self.shared
+            .store
+            .lock()
+            .expect("store")
+            .node_tokens
+            .insert(token.clone(), node.to_string());
+        token
     }
 
     /// The current global resourceVersion.

@@ -1,4 +1,8 @@
-//! `kube-sim --listen 127.0.0.1:0 --kubeconfig PATH [--auth]`: serve until killed.
+//! `kube-sim --listen 127.0.0.1:0 --kubeconfig PATH [--auth] [--kubelet]`: serve until killed.
+//!
+//! The one place the API server and the kubelet simulator meet: the kube-sim library does not
+//! depend on kubelet-sim, this binary (feature `kubelet`) composes them and plugs the kubelet's
+//! log files into `pods/log` through a closure.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -100,7 +104,12 @@ async fn main() -> anyhow::Result<()> {
         None
     };
     if let Some(node) = &node {
-        sim.serve_pod_logs(node.log_reader());
+        let reader = node.log_reader();
+        sim.serve_pod_logs(
+            move |ns: &str, pod: &str, container: &str, previous: bool| {
+                reader.read(ns, pod, container, previous)
+            },
+        );
     }
     // The admin token is in the kubeconfig; it is not printed.
     println!("{}", sim.url());

@@ -1,8 +1,9 @@
 //! `GET …/pods/NAME/log`: the API server checks the request against the pod
 //! (`pkg/registry/core/pod/strategy.go`, `LogLocation`) and the kubelet serves the container's
-//! captured output. Here the kubelet part is the kubelet simulator's log files, read through a
-//! reader attached with [`crate::KubeSim::serve_pod_logs`]; without one (no kubelet runs) the
-//! pod has no host to ask, as on a real cluster with the node gone.
+//! captured output. Here the kubelet part is any [`LogSource`] attached with
+//! [`crate::KubeSim::serve_pod_logs`] (the `kube-sim` binary attaches the kubelet simulator's log
+//! files; this library does not depend on it); without one (no kubelet runs) the pod has no host
+//! to ask, as on a real cluster with the node gone.
 //!
 //! Supported: `container`, `previous`, `tailLines`, `limitBytes`. `follow` returns what was
 //! written so far and ends (kubectl's `-f` then exits instead of streaming); `timestamps` and
@@ -14,15 +15,36 @@ use serde_json::Value;
 
 use crate::status::ApiError;
 
-/// Reads a container's current (or, with `previous`, the run before) output; None when there is
-/// no such run.
-pub(crate) trait LogSource {
+/// Where `pods/log` reads containers' output: the kubelet's side of `kubectl logs`.
+///
+/// Any `Fn(namespace, pod, container, previous) -> Option<String>` closure is a source, so a
+/// kubelet simulator plugs in without this crate depending on it:
+///
+/// ```no_run
+/// # fn f(sim: &kube_sim::KubeSim) {
+/// sim.serve_pod_logs(|_ns: &str, _pod: &str, _container: &str, _previous: bool| {
+///     Some("hello\n".to_string())
+/// });
+/// # }
+/// ```
+pub trait LogSource: Send + Sync + 'static {
+    /// A container's current output (with `previous`, the run before); None when there is no
+    /// such pod, container or run.
     fn read(&self, namespace: &str, pod: &str, container: &str, previous: bool) -> Option<String>;
 }
 
-impl LogSource for kubelet_sim::LogReader {
+impl std::fmt::Debug for dyn LogSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LogSource")
+    }
+}
+
+impl<F> LogSource for F
+where
+    F: Fn(&str, &str, &str, bool) -> Option<String> + Send + Sync + 'static,
+{
     fn read(&self, namespace: &str, pod: &str, container: &str, previous: bool) -> Option<String> {
-        kubelet_sim::LogReader::read(self, namespace, pod, container, previous)
+        self(namespace, pod, container, previous)
     }
 }
 
@@ -96,12 +118,13 @@ fn count_at_least(
     }
 }
 
-/// The body of a `pods/log` GET for `pod` (the stored object).
+/// The body of a `pods/log` GET for `pod` (the stored object); `None` for a pod not yet on a
+/// node, which the real API server answers with 204 No Content.
 pub(crate) fn pod_log(
     pod: &Value,
     q: &HashMap<String, String>,
     source: Option<&dyn LogSource>,
-) -> Result<String, ApiError> {
+) -> Result<Option<String>, ApiError> {
     let namespace = pod["metadata"]["namespace"].as_str().unwrap_or_default();
     let name = pod["metadata"]["name"].as_str().unwrap_or_default();
     let container = container_of(pod, name, q.get("container").map(String::as_str))?;
@@ -111,7 +134,10 @@ pub(crate) fn pod_log(
     let scheduled = pod["spec"]["nodeName"]
         .as_str()
         .is_some_and(|n| !n.is_empty());
-    let Some(source) = source.filter(|_| scheduled) else {
+    if !scheduled {
+        return Ok(None);
+    }
+    let Some(source) = source else {
         return Err(ApiError::bad_request(format!(
             "pod {name} does not have a host assigned"
         )));
@@ -141,7 +167,7 @@ pub(crate) fn pod_log(
         }
         text.truncate(cut);
     }
-    Ok(text)
+    Ok(Some(text))
 }
 
 #[cfg(test)]
@@ -186,19 +212,25 @@ mod tests {
     fn the_only_container_is_the_default_and_tail_and_limit_cut_the_output() {
         let p = pod(&["app"], &[]);
         assert_eq!(
-            pod_log(&p, &q(&[]), Some(&Logs)).unwrap(),
+            pod_log(&p, &q(&[]), Some(&Logs)).unwrap().unwrap(),
             "one\ntwo\nthree\n"
         );
         assert_eq!(
-            pod_log(&p, &q(&[("tailLines", "2")]), Some(&Logs)).unwrap(),
+            pod_log(&p, &q(&[("tailLines", "2")]), Some(&Logs))
+                .unwrap()
+                .unwrap(),
             "two\nthree\n"
         );
         assert_eq!(
-            pod_log(&p, &q(&[("limitBytes", "5")]), Some(&Logs)).unwrap(),
+            pod_log(&p, &q(&[("limitBytes", "5")]), Some(&Logs))
+                .unwrap()
+                .unwrap(),
             "one\nt"
         );
         assert_eq!(
-            pod_log(&p, &q(&[("previous", "true")]), Some(&Logs)).unwrap(),
+            pod_log(&p, &q(&[("previous", "true")]), Some(&Logs))
+                .unwrap()
+                .unwrap(),
             "crashed\n"
         );
     }
@@ -233,6 +265,11 @@ mod tests {
             message(pod_log(&pod(&["app"], &[]), &q(&[]), None).unwrap_err()),
             "pod web does not have a host assigned"
         );
+        let mut pending = pod(&["app"], &[]);
+        pending["spec"]
+            .as_object_mut()
+            .map(|s| s.remove("nodeName"));
+        assert_eq!(pod_log(&pending, &q(&[]), Some(&Logs)).unwrap(), None);
         let err = pod_log(&pod(&["app"], &[]), &q(&[("tailLines", "-1")]), Some(&Logs))
             .unwrap_err()
             .to_status();

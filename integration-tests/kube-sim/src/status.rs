@@ -61,7 +61,10 @@ impl Target<'_> {
     }
 
     fn details(&self) -> Value {
-        let mut d = json!({"name": self.name, "kind": self.resource});
+        let mut d = json!({"kind": self.resource});
+        if !self.name.is_empty() {
+            d["name"] = json!(self.name);
+        }
         if !self.group.is_empty() {
             d["group"] = json!(self.group);
         }
@@ -141,13 +144,33 @@ impl ApiError {
 
     /// 409 server-side apply conflict, with one cause per conflicting field.
     pub fn apply_conflict(t: Target<'_>, causes: Vec<Cause>) -> Self {
-        let list: Vec<String> = causes.iter().map(|c| format!("- {}", c.message)).collect();
-        let msg = format!(
-            "Apply failed with {} conflict{}: {}",
-            causes.len(),
-            if causes.len() == 1 { "" } else { "s" },
-            list.join("\n")
-        );
+        // As structured-merge-diff's `getConflictMessage`: one conflict inline, several grouped
+        // by manager (sorted); each cause's message is `conflict with <manager>`.
+        let msg = if causes.len() == 1 {
+            format!(
+                "Apply failed with 1 conflict: {}: {}",
+                causes[0].message, causes[0].field
+            )
+        } else {
+            let mut by: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+            for c in &causes {
+                let m = c
+                    .message
+                    .strip_prefix("conflict with ")
+                    .unwrap_or(&c.message);
+                by.entry(m).or_default().push(&c.field);
+            }
+            let mut lines = Vec::new();
+            for (m, fields) in by {
+                lines.push(format!("conflicts with {m}:"));
+                lines.extend(fields.iter().map(|f| format!("- {f}")));
+            }
+            format!(
+                "Apply failed with {} conflicts: {}",
+                causes.len(),
+                lines.join("\n")
+            )
+        };
         let mut d = t.details();
         d["causes"] = causes_json(&causes);
         Self::new(409, "Conflict", msg, d)

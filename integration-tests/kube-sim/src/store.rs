@@ -36,6 +36,8 @@ pub struct TokenInfo {
     pub sa_uid: String,
     /// Bound pod (name, uid).
     pub pod: Option<(String, String)>,
+    /// The node (name, uid): the bound pod's node, or the bound Node.
+    pub node: Option<(String, String)>,
     /// Audiences.
     pub audiences: Vec<String>,
     /// Expiry, unix seconds.
@@ -68,6 +70,12 @@ pub struct Store {
     pub types_gen: u64,
     /// Issued tokens.
     pub tokens: HashMap<String, TokenInfo>,
+    /// Node credentials: token → node name (user `system:node:<name>` in `system:nodes`).
+    pub node_tokens: HashMap<String, String>,
+    /// PEM of the cluster CA (the `kube-root-ca.crt` ConfigMaps).
+    pub root_ca: String,
+    /// Nodes whose condition taints the emulated node lifecycle controller must reconcile.
+    pub pending_nodes: Vec<String>,
     /// Pods in graceful deletion that the emulated kubelet must remove: (ns, name, uid).
     pub pending_pods: Vec<(String, String, String)>,
 }
@@ -89,6 +97,9 @@ impl Store {
             types: resources::builtins(),
             types_gen: 1,
             tokens: HashMap::new(),
+            node_tokens: HashMap::new(),
+            root_ca: String::new(),
+            pending_nodes: Vec::new(),
             pending_pods: Vec::new(),
         }
     }

@@ -100,6 +100,7 @@ pub(crate) fn token_request(
     st: &mut Store,
     r: &ReqInfo,
     addr: &Addr,
+    node: Option<&str>,
 ) -> Result<verbs::Out, ApiError> {
     let body = parse_body(r)?;
     let sa_name = addr.name.clone().unwrap_or_default();
@@ -125,6 +126,37 @@ pub(crate) fn token_request(
             b.get("uid").and_then(Value::as_str).map(String::from),
         )
     });
+    if let Some(secs) = spec["expirationSeconds"].as_i64() {
+        let bad = if secs < 600 {
+            Some("may not specify a duration less than 10 minutes")
+        } else if secs > 1 << 32 {
+            Some("may not specify a duration larger than 2^32 seconds")
+        } else {
+            None
+        };
+        if let Some(m) = bad {
+            return Err(ApiError::invalid(
+                "TokenRequest",
+                "authentication.k8s.io",
+                "",
+                vec![crate::status::Cause {
+                    reason: "FieldValueInvalid",
+                    message: format!("Invalid value: {secs}: {m}"),
+                    field: "spec.expirationSeconds".into(),
+                }],
+            ));
+        }
+    }
+    if st.get("/serviceaccounts", &addr.ns, &sa_name).is_none() {
+        return Err(ApiError::not_found(Target {
+            group: "",
+            resource: "serviceaccounts",
+            name: &sa_name,
+        }));
+    }
+    if let Some(node) = node {
+        crate::node_auth::admit_token(st, node, &addr.ns, &sa_name, bound.as_ref())?;
+    }
     let (token, exp) = issue_token(
         st,
         &addr.ns,
@@ -133,24 +165,28 @@ pub(crate) fn token_request(
         spec["expirationSeconds"].as_i64(),
         bound,
     )?;
+    let sa_meta = st
+        .get("/serviceaccounts", &addr.ns, &sa_name)
+        .map(|o| o["metadata"].clone())
+        .unwrap_or_default();
     let mut spec_out = spec.clone();
     if spec_out["audiences"].is_null() {
         spec_out["audiences"] = json!([auth::API_AUDIENCE]);
     }
     spec_out["expirationSeconds"] = json!(spec["expirationSeconds"].as_i64().unwrap_or(3600));
-    let ts = chrono::DateTime::from_timestamp(exp, 0)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let ts = verbs::rfc3339_secs(
+        jiff::Timestamp::from_second(exp).unwrap_or(jiff::Timestamp::UNIX_EPOCH),
+    );
     Ok(verbs::Out {
         code: 201,
-        object: json!({"kind": "TokenRequest", "apiVersion": "authentication.k8s.io/v1", "metadata": {"name": sa_name, "namespace": addr.ns, "creationTimestamp": null},
+        object: json!({"kind": "TokenRequest", "apiVersion": "authentication.k8s.io/v1", "metadata": {"name": sa_name, "namespace": addr.ns, "uid": sa_meta["uid"], "creationTimestamp": sa_meta["creationTimestamp"]},
                        "spec": spec_out, "status": {"token": token, "expirationTimestamp": ts}}),
         warnings: vec![],
     })
 }
 
 /// Issue a token for a service account (optionally bound to a pod), as TokenRequest does.
-pub fn issue_token(
+pub(crate) fn issue_token(
     st: &mut Store,
     ns: &str,
     sa: &str,
@@ -165,42 +201,70 @@ pub fn issue_token(
             name: sa,
         })
     })?;
-    let pod = match bound {
+    let mismatch = |resource: &'static str, name: &str, uid: &str, rec: &str| {
+        ApiError::conflict_msg(
+            Target {
+                group: "",
+                resource,
+                name,
+            },
+            format!(
+                "the UID in the bound object reference ({uid}) does not match the UID in record ({rec}). The object might have been deleted and then recreated"
+            ),
+        )
+    };
+    let lookup = |st: &Store, key: &str, resource: &'static str, ns: &str, name: &str| {
+        st.get(key, ns, name).ok_or_else(|| {
+            ApiError::not_found(Target {
+                group: "",
+                resource,
+                name,
+            })
+        })
+    };
+    let uid_of = |o: &Value| {
+        o["metadata"]["uid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let node_of = |st: &Store, name: &str| {
+        st.get("/nodes", "", name)
+            .map(|n| (name.to_string(), uid_of(&n)))
+    };
+    let (pod, node) = match bound {
         Some((kind, name, uid)) if kind == "Pod" => {
-            let p = st.get("/pods", ns, &name).ok_or_else(|| {
-                ApiError::not_found(Target {
-                    group: "",
-                    resource: "pods",
-                    name: &name,
-                })
-            })?;
-            let puid = p["metadata"]["uid"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
-            if uid.as_ref().is_some_and(|u| *u != puid) {
-                return Err(ApiError::conflict_msg(
-                    Target {
-                        group: "",
-                        resource: "pods",
-                        name: &name,
-                    },
-                    format!(
-                        "the UID in the bound object reference ({}) does not match the UID in record ({puid}). The object might have been deleted and then recreated",
-                        uid.unwrap_or_default()
-                    ),
-                ));
+            let p = lookup(st, "/pods", "pods", ns, &name)?;
+            let puid = uid_of(&p);
+            if let Some(u) = uid.as_ref().filter(|u| **u != puid) {
+                return Err(mismatch("pods", &name, u, &puid));
             }
-            Some((name, puid))
+            let node = p["spec"]["nodeName"]
+                .as_str()
+                .filter(|n| !n.is_empty())
+                .and_then(|n| node_of(st, n));
+            (Some((name, puid)), node)
+        }
+        Some((kind, name, uid)) if kind == "Node" => {
+            let n = lookup(st, "/nodes", "nodes", "", &name)?;
+            let nuid = uid_of(&n);
+            if let Some(u) = uid.as_ref().filter(|u| **u != nuid) {
+                return Err(mismatch("nodes", &name, u, &nuid));
+            }
+            (None, Some((name, nuid)))
+        }
+        Some((kind, name, _)) if kind == "Secret" => {
+            lookup(st, "/secrets", "secrets", ns, &name)?;
+            (None, None)
         }
         Some((kind, _, _)) if !kind.is_empty() => {
             return Err(ApiError::bad_request(format!(
-                "cannot bind token to object of kind {kind}"
+                "cannot bind token to object of type /v1, Kind={kind}"
             )));
         }
-        _ => None,
+        _ => (None, None),
     };
-    let exp = chrono::Utc::now().timestamp() + expiration.unwrap_or(3600).max(600);
+    let exp = jiff::Timestamp::now().as_second() + expiration.unwrap_or(3600).max(600);
     let info = TokenInfo {
         namespace: ns.into(),
         service_account: sa.into(),
@@ -209,13 +273,14 @@ pub fn issue_token(
             .unwrap_or_default()
             .into(),
         pod,
+        node,
         audiences: if audiences.is_empty() {
             vec![auth::API_AUDIENCE.into()]
         } else {
             audiences
         },
         expires: exp,
-        jti: format!("{}-{}", auth::random_string(8), auth::random_string(8)),
+        jti: verbs::uid(),
     };
     Ok((auth::issue(st, info), exp))
 }
@@ -241,7 +306,9 @@ pub(crate) fn review(
                 })
                 .unwrap_or_default();
             match auth::resolve(st, &shared.admin_token, token, &auds) {
-                Ok((u, a)) => json!({"authenticated": true, "user": u.to_json(), "audiences": a}),
+                Ok((u, a)) => {
+                    json!({"authenticated": true, "user": u.to_json(), "audiences": a})
+                }
                 Err(e) => json!({"user": {}, "error": format!("[{e}]")}),
             }
         }
@@ -295,6 +362,15 @@ pub(crate) fn sim_admin(
             f.clear();
             Ok(json_resp(200, &success(json!({})), &[]))
         }
+        ("GET", "/_sim/faults/injected") => {
+            let by_verb = f.injected_by_verb();
+            let total: u64 = by_verb.values().sum();
+            Ok(json_resp(
+                200,
+                &json!({"total": total, "byVerb": by_verb}),
+                &[],
+            ))
+        }
         ("POST", "/_sim/faults/close-watches") => {
             f.close_watches();
             Ok(json_resp(200, &success(json!({})), &[]))
@@ -302,6 +378,13 @@ pub(crate) fn sim_admin(
         ("POST", "/_sim/faults/compact") => {
             f.compact();
             Ok(json_resp(200, &success(json!({})), &[]))
+        }
+        ("POST", "/_sim/token") if q.contains_key("node") => {
+            let node = q.get("node").cloned().unwrap_or_default();
+            let token = format!("node-{}", auth::random_string(32));
+            let mut st = shared.store.lock().expect("store");
+            st.node_tokens.insert(token.clone(), node);
+            Ok(full(200, "text/plain", token))
         }
         ("POST", "/_sim/token") => {
             let get = |k: &str| q.get(k).cloned().unwrap_or_default();

@@ -15,12 +15,10 @@ pub fn wants_table(accept: &str) -> bool {
 
 /// Human age like kubectl's (`5s`, `3m2s`, `10m`, `5h`, `3d`).
 pub fn human_age(ts: &str) -> String {
-    let Ok(t) = chrono::DateTime::parse_from_rfc3339(ts) else {
+    let Ok(t) = ts.parse::<jiff::Timestamp>() else {
         return "<unknown>".into();
     };
-    let s = (chrono::Utc::now() - t.with_timezone(&chrono::Utc))
-        .num_seconds()
-        .max(0);
+    let s = jiff::Timestamp::now().duration_since(t).as_secs().max(0);
     match s {
         s if s < 120 => format!("{s}s"),
         s if s < 600 => format!("{}m{}s", s / 60, s % 60),

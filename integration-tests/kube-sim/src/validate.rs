@@ -17,6 +17,19 @@ pub struct Outcome {
 
 /// Default, prune and validate a custom resource in place against its version's schema.
 pub fn check(schema: &Value, obj: &mut Value, old: Option<&Value>, check_status: bool) -> Outcome {
+    check_with(schema, obj, old, check_status, |_| Vec::new())
+}
+
+/// [`check`], with `extra` validation (the scale subresource's) after the schema's and before
+/// the CEL rules, in the real validator's order. As in the real API server, CEL rules are not
+/// evaluated when a type or required-field error blocks them, which adds a `<nil>` cause.
+pub fn check_with(
+    schema: &Value,
+    obj: &mut Value,
+    old: Option<&Value>,
+    check_status: bool,
+    extra: impl FnOnce(&Value) -> Vec<Cause>,
+) -> Outcome {
     let mut out = Outcome::default();
     let defaulted = kube_cel::apply_defaults(schema, obj);
     *obj = defaulted;
@@ -59,9 +72,20 @@ pub fn check(schema: &Value, obj: &mut Value, old: Option<&Value>, check_status:
             });
         }
     }
-    if out.causes.is_empty()
-        && let Err(errs) = kube_cel::validate(&strip_non_cel(schema, check_status), obj, old)
-    {
+    out.causes.extend(extra(obj));
+    let blocking = out
+        .causes
+        .iter()
+        .any(|c| matches!(c.reason, "FieldValueTypeInvalid" | "FieldValueRequired"));
+    if blocking {
+        if schema.to_string().contains("\"x-kubernetes-validations\"") {
+            out.causes.push(Cause {
+                reason: "FieldValueInvalid",
+                message: "Invalid value: null: some validation rules were not checked because the object was invalid; correct the existing errors to complete validation".into(),
+                field: "<nil>".into(),
+            });
+        }
+    } else if let Err(errs) = kube_cel::validate(&strip_non_cel(schema, check_status), obj, old) {
         for e in errs.as_slice() {
             out.causes.push(Cause {
                 reason: "FieldValueInvalid",
@@ -132,6 +156,15 @@ fn prune(schema: &Value, v: &mut Value, path: &str, unknown: &mut Vec<String>) {
     }
 }
 
+/// A float as Go's `%v` prints it (`0`, not `0.0`).
+fn go_float(f: f64) -> String {
+    if f.fract() == 0.0 && f.abs() < 1e15 {
+        format!("{}", f as i64)
+    } else {
+        f.to_string()
+    }
+}
+
 fn show(v: &Value) -> String {
     match v {
         Value::Object(_) => "\"object\"".into(),
@@ -180,8 +213,8 @@ fn validate(schema: &Value, v: &Value, path: &str, causes: &mut Vec<Cause>) {
             causes.push(Cause {
                 reason: "FieldValueTypeInvalid",
                 message: format!(
-                    "Invalid value: {}: {path} in body must be of type {t}: {}",
-                    show(v),
+                    "Invalid value: \"{}\": {path} in body must be of type {t}: {}",
+                    type_name(v),
                     show_type_arg(v)
                 ),
                 field: path.into(),
@@ -214,7 +247,7 @@ fn validate(schema: &Value, v: &Value, path: &str, causes: &mut Vec<Cause>) {
                 };
                 causes.push(invalid(format!(
                     "{path} in body should be {rel} {}",
-                    schema["maximum"]
+                    go_float(max)
                 )));
             }
         }
@@ -228,7 +261,7 @@ fn validate(schema: &Value, v: &Value, path: &str, causes: &mut Vec<Cause>) {
                 };
                 causes.push(invalid(format!(
                     "{path} in body should be {rel} {}",
-                    schema["minimum"]
+                    go_float(min)
                 )));
             }
         }

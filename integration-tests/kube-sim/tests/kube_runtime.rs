@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use autocrane_test_support::eventually;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -89,6 +90,10 @@ async fn watcher_recovers_from_dropped_watches_and_410() {
     });
     sim.faults().close_watches();
     next_matching(&mut rx, &Seen::Error, &mut log).await;
+    assert!(
+        sim.faults().injected_by_verb().get("watch") > Some(&0),
+        "the watch error was injected"
+    );
     api.create(&PostParams::default(), &cm("c")).await.unwrap();
     sim.faults().compact();
     sim.faults().clear();
@@ -130,8 +135,8 @@ async fn controller_reconciles_through_faults() {
     let all_reconciled = |names: Vec<String>| {
         let api = api.clone();
         async move {
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-            loop {
+            let what = format!("all of {names:?} reconciled");
+            eventually(Duration::from_secs(30), &what, || async {
                 let mut ok = true;
                 for n in &names {
                     let c = api.get(n).await.ok();
@@ -142,15 +147,9 @@ async fn controller_reconciles_through_faults() {
                         .cloned();
                     ok &= ann.as_deref() == Some(n.as_str());
                 }
-                if ok {
-                    return;
-                }
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "not all of {names:?} reconciled in time"
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+                ok
+            })
+            .await;
         }
     };
     api.create(&PostParams::default(), &cm("one"))
@@ -184,7 +183,13 @@ async fn controller_reconciles_through_faults() {
         api.create(&PostParams::default(), &cm(n)).await.unwrap();
     }
     sim.faults().compact();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The controller's re-watch has hit the injected watch error.
+    eventually(
+        Duration::from_secs(30),
+        "an injected watch error",
+        || async { sim.faults().injected_by_verb().get("watch") > Some(&0) },
+    )
+    .await;
     let rules: Vec<ErrorRule> = sim
         .faults()
         .get()
@@ -207,5 +212,6 @@ async fn controller_reconciles_through_faults() {
         "four".into(),
     ])
     .await;
+    assert!(sim.faults().injected() > 0, "the faults fired");
     controller.abort();
 }

@@ -92,7 +92,7 @@ async fn get_pods_with_columns_label_columns_and_selectors() {
     let yaml = env
         .ok(&["get", "pod", "web-0", "-n", "x", "-o", "yaml"])
         .await;
-    let v: serde_yaml::Value = serde_yaml::from_str(&yaml).unwrap();
+    let v: serde_json::Value = serde_saphyr::from_str(&yaml).unwrap();
     assert_eq!(v["status"]["phase"].as_str(), Some("Pending"));
     assert_eq!(v["spec"]["restartPolicy"].as_str(), Some("Always"));
     let err = env.fails(&["get", "pod", "nope", "-n", "x"]).await;
@@ -326,11 +326,14 @@ async fn get_watch_sees_changes() {
         .spawn()
         .expect("kubectl -w starts");
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
-        .await
-        .expect("first line in time")
-        .unwrap();
-    assert_eq!(first.as_deref(), Some("configmap/w"));
+    // Every namespace holds the root CA's ConfigMap, as on a real cluster.
+    for want in ["configmap/kube-root-ca.crt", "configmap/w"] {
+        let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
+            .await
+            .expect("initial line in time")
+            .unwrap();
+        assert_eq!(line.as_deref(), Some(want));
+    }
     env.ok(&["create", "configmap", "w2", "-n", "x"]).await;
     let next = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
         .await

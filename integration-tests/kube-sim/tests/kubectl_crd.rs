@@ -86,7 +86,7 @@ async fn get_shows_printer_columns_and_yaml() {
             "yaml",
         ])
         .await;
-    let v: serde_yaml::Value = serde_yaml::from_str(&yaml).unwrap();
+    let v: serde_json::Value = serde_saphyr::from_str(&yaml).unwrap();
     assert_eq!(v["kind"].as_str(), Some("AutoCraneDeployment"));
     assert_eq!(v["spec"]["replicas"].as_i64(), Some(3));
     assert!(

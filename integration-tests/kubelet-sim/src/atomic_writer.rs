@@ -171,12 +171,12 @@ fn collect(root: &Path, dir: &Path, out: &mut Vec<String>) -> io::Result<()> {
 /// the same nanosecond still get distinct directories.
 fn timestamped_name() -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let now = chrono::Utc::now();
+    let now = jiff::Timestamp::now();
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     format!(
         "..{}.{}{:03}",
-        now.format("%Y_%m_%d_%H_%M_%S"),
-        now.timestamp_subsec_nanos(),
+        now.strftime("%Y_%m_%d_%H_%M_%S"),
+        now.subsec_nanosecond(),
         n % 1000
     )
 }

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
+use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Container;
 use rustix::process::Signal;
 use tokio::process::Child;
@@ -19,6 +19,11 @@ use crate::probes::{self, Report};
 use crate::runtime::{self, Launch, RootFs};
 use crate::status::{Exit, RunState};
 use crate::volumes;
+
+/// Marks a run's log as complete (`<n>.log` → `<n>.done`): the kubelet API's `follow` ends there.
+fn mark_done(log: &std::path::Path) {
+    let _ = std::fs::write(log.with_extension("done"), b"");
+}
 
 /// Start, supervise and restart one container until it is done for good or the pod stops.
 pub(crate) async fn run(ctx: Arc<Ctx>, kind: Kind, idx: usize) -> Outcome {
@@ -126,7 +131,7 @@ pub(crate) async fn run(ctx: Arc<Ctx>, kind: Kind, idx: usize) -> Outcome {
                 .join(format!("{attempt}.log")),
         };
         let cid = format!("sim://{}-{}-{attempt}", ctx.uid, c.name);
-        let started_at = Utc::now();
+        let started_at = Timestamp::now();
         let spawned = runtime::spawn(&ctx.shared.tools, &ctx.shared.host_mounts, &launch);
         let exit = match spawned {
             Ok(child) => {
@@ -157,6 +162,7 @@ pub(crate) async fn run(ctx: Arc<Ctx>, kind: Kind, idx: usize) -> Outcome {
                     spec.termination_grace_period_seconds,
                 )
                 .await;
+                mark_done(&launch.log);
                 let reason = if code == 0 { "Completed" } else { "Error" };
                 let exit = Exit {
                     exit_code: code,
@@ -164,7 +170,7 @@ pub(crate) async fn run(ctx: Arc<Ctx>, kind: Kind, idx: usize) -> Outcome {
                     reason: reason.into(),
                     message: None,
                     started_at: Some(started_at),
-                    finished_at: Utc::now(),
+                    finished_at: Timestamp::now(),
                     container_id: Some(cid),
                 };
                 if stopped {
@@ -177,15 +183,18 @@ pub(crate) async fn run(ctx: Arc<Ctx>, kind: Kind, idx: usize) -> Outcome {
                 }
                 exit
             }
-            Err(e) => Exit {
-                exit_code: 128,
-                signal: None,
-                reason: "StartError".into(),
-                message: Some(format!("failed to start container: {e}")),
-                started_at: None,
-                finished_at: Utc::now(),
-                container_id: Some(cid),
-            },
+            Err(e) => {
+                mark_done(&launch.log);
+                Exit {
+                    exit_code: 128,
+                    signal: None,
+                    reason: "StartError".into(),
+                    message: Some(format!("failed to start container: {e}")),
+                    started_at: None,
+                    finished_at: Timestamp::now(),
+                    container_id: Some(cid),
+                }
+            }
         };
         info!(container = %c.name, exit_code = exit.exit_code, "Container exited");
         ctx.container(kind, idx, |r| {
@@ -200,7 +209,8 @@ pub(crate) async fn run(ctx: Arc<Ctx>, kind: Kind, idx: usize) -> Outcome {
         if !restart {
             return Outcome::Done(exit);
         }
-        let ran_for = (exit.finished_at - started_at).to_std().unwrap_or_default();
+        let ran_for =
+            Duration::try_from(exit.finished_at.duration_since(started_at)).unwrap_or_default();
         let delay = ctx
             .shared
             .backoff

@@ -23,6 +23,7 @@ mod container;
 pub mod env;
 pub mod image;
 pub mod ipam;
+pub mod kubelet_api;
 mod node;
 mod pod;
 pub mod probes;
@@ -49,6 +50,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 pub use backoff::Backoff;
 pub use image::ImageMap;
+pub use kubelet_api::KubeletApi;
 
 use ipam::IpPool;
 use pod::{Stop, Worker};
@@ -80,6 +82,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The kubelet API could not be set up (certificates, port).
+    #[error("serving the kubelet API failed: {0}")]
+    KubeletApi(String),
     /// Registering the Node failed.
     #[error("registering node {node} failed")]
     RegisterNode {
@@ -111,6 +116,8 @@ pub(crate) struct Shared {
     /// (namespace, name) → pod directory, for logs and volume paths.
     pub pods: Mutex<HashMap<(String, String), PathBuf>>,
     pub shutting_down: AtomicBool,
+    /// The port reported in `status.daemonEndpoints.kubeletEndpoint.Port`.
+    pub kubelet_port: u16,
 }
 
 impl std::fmt::Debug for Shared {
@@ -124,7 +131,7 @@ impl std::fmt::Debug for Shared {
 }
 
 impl Shared {
-    pub fn shutting_down(&self) -> bool {
+    pub(crate) fn shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::SeqCst)
     }
 }
@@ -148,6 +155,7 @@ impl Kubelet {
             sync_period: Duration::from_secs(10),
             mount_namespaces: None,
             bind_unscheduled: true,
+            kubelet_api: None,
         }
     }
 }
@@ -164,6 +172,7 @@ pub struct Builder {
     sync_period: Duration,
     mount_namespaces: Option<bool>,
     bind_unscheduled: bool,
+    kubelet_api: Option<KubeletApi>,
 }
 
 impl std::fmt::Debug for Builder {
@@ -237,6 +246,14 @@ impl Builder {
         self
     }
 
+    /// Serve the kubelet API (`/containerLogs/…`, what the API server proxies `kubectl logs`
+    /// to) over HTTPS on 127.0.0.1, and report its port in the Node's
+    /// `status.daemonEndpoints.kubeletEndpoint.Port`. Default: not served (port 10250 reported).
+    pub fn kubelet_api(mut self, api: KubeletApi) -> Self {
+        self.kubelet_api = Some(api);
+        self
+    }
+
     /// Register the Node and start running pods.
     pub async fn start(self) -> Result<KubeletHandle, Error> {
         let Builder {
@@ -250,6 +267,7 @@ impl Builder {
             sync_period,
             mount_namespaces,
             bind_unscheduled,
+            kubelet_api,
         } = self;
         let (url, ca_pem) = api_server.ok_or_else(|| {
             Error::Config(
@@ -276,7 +294,7 @@ impl Builder {
             std::env::temp_dir().join(format!(
                 "kubelet-sim-{}-{}",
                 std::process::id(),
-                chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)
+                jiff::Timestamp::now().as_nanosecond()
             ))
         });
         std::fs::create_dir_all(state_dir.join("pods")).map_err(|source| {
@@ -294,7 +312,14 @@ impl Builder {
         let octet = pod_network.unwrap_or_else(default_octet);
         let ipam = IpPool::new(octet);
         let host_ip = "127.0.0.1".to_string();
-        node::register(&client, &node_name, &ipam.cidr(), &host_ip)
+        let api_bound = match &kubelet_api {
+            Some(api) => Some(kubelet_api::bind(api).await.map_err(Error::KubeletApi)?),
+            None => None,
+        };
+        let kubelet_port = api_bound
+            .as_ref()
+            .map_or(node::DEFAULT_KUBELET_PORT, |b| b.addr.port());
+        node::register(&client, &node_name, &ipam.cidr(), &host_ip, kubelet_port)
             .await
             .map_err(|source| Error::RegisterNode {
                 node: node_name.clone(),
@@ -322,9 +347,15 @@ impl Builder {
             sync_period,
             pods: Mutex::new(HashMap::new()),
             shutting_down: AtomicBool::new(false),
+            kubelet_port,
         });
         let (stop_tx, stop_rx) = watch::channel(false);
         let span = info_span!("kubelet", node = %shared.node_name);
+        if let Some(bound) = api_bound {
+            tokio::spawn(
+                kubelet_api::serve(bound, shared.clone(), stop_rx.clone()).instrument(span.clone()),
+            );
+        }
         let task = tokio::spawn(
             dispatch(shared.clone(), stop_rx.clone(), bind_unscheduled).instrument(span),
         );
@@ -353,7 +384,7 @@ fn parse_url(url: &str) -> Option<(String, u16)> {
 }
 
 fn default_octet() -> u8 {
-    let t = chrono::Utc::now().timestamp_subsec_nanos();
+    let t = jiff::Timestamp::now().subsec_nanosecond().unsigned_abs();
     let mix = std::process::id().wrapping_mul(2_654_435_761) ^ t;
     100 + u8::try_from(mix % 151).unwrap_or(0)
 }
@@ -377,6 +408,12 @@ impl KubeletHandle {
     /// The state directory (pod directories live in `pods/<ns>_<name>_<uid>/`).
     pub fn state_dir(&self) -> &Path {
         &self.shared.state_dir
+    }
+
+    /// The kubelet API port reported in the Node's `daemonEndpoints` (served only when
+    /// [`Builder::kubelet_api`] was given).
+    pub fn kubelet_port(&self) -> u16 {
+        self.shared.kubelet_port
     }
 
     /// Whether containers get a private mount namespace (volumes at their `mountPath`).
@@ -499,6 +536,7 @@ async fn dispatch(shared: Arc<Shared>, mut stop_rx: watch::Receiver<bool>, bind_
             shared.client.clone(),
             shared.node_name.clone(),
             shared.host_ip.clone(),
+            shared.kubelet_port,
         )
         .in_current_span(),
     );

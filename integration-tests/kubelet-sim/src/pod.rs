@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chrono::Utc;
+use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, PodStatus, Secret, ServiceAccount};
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
@@ -46,7 +46,7 @@ pub(crate) struct Worker {
 
 impl Worker {
     /// Start a worker for a pod bound to this node.
-    pub fn start(shared: Arc<Shared>, pod: Pod) -> Worker {
+    pub(crate) fn start(shared: Arc<Shared>, pod: Pod) -> Worker {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         let (ns, name) = (
             pod.metadata.namespace.clone().unwrap_or_default(),
@@ -71,7 +71,7 @@ impl Worker {
             dirty: Notify::new(),
             sources: Mutex::new(Sources::default()),
             tokens: Mutex::new(HashMap::new()),
-            last_status: tokio::sync::Mutex::new(None),
+            reported: tokio::sync::Mutex::new(Reported::default()),
         });
         let task = tokio::spawn(run_pod(ctx).instrument(info_span!("pod", %ns, %name)));
         Worker {
@@ -84,7 +84,7 @@ impl Worker {
 
 struct Token {
     value: String,
-    refresh_at: chrono::DateTime<Utc>,
+    refresh_at: Timestamp,
 }
 
 pub(crate) struct Ctx {
@@ -100,7 +100,34 @@ pub(crate) struct Ctx {
     pub(crate) dirty: Notify,
     pub(crate) sources: Mutex<Sources>,
     tokens: Mutex<HashMap<TokenKey, Token>>,
-    pub(crate) last_status: tokio::sync::Mutex<Option<PodStatus>>,
+    pub(crate) reported: tokio::sync::Mutex<Reported>,
+}
+
+/// What the last successful status write left.
+#[derive(Default)]
+pub(crate) struct Reported {
+    /// The kubelet's own part of the status as written (see [`status::compute`]).
+    status: Option<PodStatus>,
+    /// The pod as that write returned it: fresher than the watch until the watch catches up.
+    pod: Option<Arc<Pod>>,
+}
+
+/// The fresher of two copies of the pod, by resourceVersion (compared as numbers, which they
+/// are on kube-sim and etcd; otherwise the watch's copy, and a 409 tells when it was stale).
+fn fresher(watched: Arc<Pod>, written: Option<Arc<Pod>>) -> Arc<Pod> {
+    let rv = |p: &Pod| {
+        p.metadata
+            .resource_version
+            .as_deref()
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    match written {
+        Some(w) if w.metadata.uid == watched.metadata.uid => match (rv(&watched), rv(&w)) {
+            (Some(a), Some(b)) if b > a => w,
+            _ => watched,
+        },
+        _ => watched,
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,35 +178,65 @@ impl Ctx {
         (self.pod_ip(), self.shared.host_ip.clone())
     }
 
-    /// Patch the status if it changed since the last successful patch.
+    /// Patch the status if the kubelet's part of it changed since the last successful patch.
+    ///
+    /// Read-modify-write, as the real kubelet keeps what it does not own: the status is computed
+    /// from the freshest copy of the pod (its readiness-gate conditions decide `Ready`), written
+    /// with that copy's conditions of other writers (e.g. `autocrane.io/healthy`) and its
+    /// resourceVersion as a precondition; on a conflict the pod is read again and the status
+    /// recomputed, so a condition another writer just set is neither lost nor misjudged.
     pub(crate) async fn sync(&self) {
-        let pod = self.pod();
-        let spec = pod.spec.clone().unwrap_or_default();
+        let spec = self.pod().spec.clone().unwrap_or_default();
         let run = self.run.lock().expect("pod run").clone();
-        let mut last = self.last_status.lock().await;
-        let old = last.clone().or_else(|| pod.status.clone());
-        let new = status::compute(&spec, &run, old.as_ref(), Utc::now());
-        if last.as_ref() == Some(&new) {
-            return;
-        }
+        let mut reported = self.reported.lock().await;
+        let mut base = fresher(self.pod(), reported.pod.clone());
         let pp = PatchParams {
             field_manager: Some(FIELD_MANAGER.into()),
             ..PatchParams::default()
         };
-        match self
-            .api
-            .patch_status(&self.name, &pp, &Patch::Merge(json!({ "status": new })))
-            .await
-        {
-            Ok(_) => *last = Some(new),
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => {
-                warn!(error = %e, "Patching pod status failed");
-                drop(last);
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                self.dirty.notify_one();
+        for _attempt in 0..10 {
+            let current = base.status.as_ref();
+            let new = status::compute(&spec, &run, current, Timestamp::now());
+            if reported.status.as_ref() == Some(&new) {
+                return;
+            }
+            let mut body = json!({"status": status::with_foreign_conditions(new.clone(), current)});
+            if let Some(rv) = &base.metadata.resource_version {
+                body["metadata"] = json!({"resourceVersion": rv});
+            }
+            match self
+                .api
+                .patch_status(&self.name, &pp, &Patch::Merge(body))
+                .await
+            {
+                Ok(pod) => {
+                    reported.status = Some(new);
+                    reported.pod = Some(Arc::new(pod));
+                    return;
+                }
+                Err(kube::Error::Api(e)) if e.code == 404 => return,
+                Err(kube::Error::Api(e)) if e.code == 409 => {
+                    match self.api.get_opt(&self.name).await {
+                        Ok(Some(pod)) if pod.metadata.uid.as_deref() == Some(&self.uid) => {
+                            base = Arc::new(pod);
+                        }
+                        // Gone, or replaced by another pod of the same name.
+                        Ok(_) => return,
+                        Err(e) => {
+                            warn!(error = %e, "Reading the pod after a status conflict failed");
+                            break;
+                        }
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, "Patching pod status failed");
+                    break;
+                }
             }
         }
+        drop(reported);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        self.dirty.notify_one();
     }
 
     /// Fetch the ConfigMaps and Secrets the pod references.
@@ -246,7 +303,7 @@ impl Ctx {
                 .lock()
                 .expect("tokens")
                 .get(&key)
-                .is_none_or(|t| t.refresh_at <= Utc::now());
+                .is_none_or(|t| t.refresh_at <= Timestamp::now());
             if !due {
                 continue;
             }
@@ -267,11 +324,10 @@ impl Ctx {
                 .to_string();
             let exp = resp["status"]["expirationTimestamp"]
                 .as_str()
-                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-                .map(|t| t.with_timezone(&Utc));
-            let now = Utc::now();
-            let life = exp.map_or(chrono::Duration::seconds(key.expiration_seconds), |e| {
-                e - now
+                .and_then(|t| t.parse::<Timestamp>().ok());
+            let now = Timestamp::now();
+            let life = exp.map_or(SignedDuration::from_secs(key.expiration_seconds), |e| {
+                e.duration_since(now)
             });
             let refresh_at = now + life * 4 / 5;
             self.tokens
@@ -354,7 +410,7 @@ async fn run_pod(ctx: Arc<Ctx>) {
     };
     ctx.update(|r| {
         r.host_ip = ctx.shared.host_ip.clone();
-        r.start_time = Some(Utc::now());
+        r.start_time = Some(Timestamp::now());
         r.init = inits
             .iter()
             .map(|c| {
@@ -378,11 +434,17 @@ async fn run_pod(ctx: Arc<Ctx>) {
         .lock()
         .expect("pods")
         .insert((ctx.ns.clone(), ctx.name.clone()), ctx.dir.clone());
+    // Status follows the containers (`dirty`) and the pod: another writer's change of a
+    // readiness gate's condition flips `Ready`.
     let syncer = tokio::spawn({
         let ctx = ctx.clone();
+        let mut pod_rx = ctx.pod_rx.clone();
         async move {
             loop {
-                ctx.dirty.notified().await;
+                tokio::select! {
+                    () = ctx.dirty.notified() => {}
+                    changed = pod_rx.changed() => if changed.is_err() { return },
+                }
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 ctx.sync().await;
             }

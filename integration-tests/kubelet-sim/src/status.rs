@@ -1,8 +1,14 @@
 //! Pod status as the kubelet reports it (`generateAPIPodStatus` / `getPhase`), computed from what
 //! the simulator's containers are doing. Pure: state in, `PodStatus` out; condition transition
 //! times are kept from the previous status when a condition's value did not change.
+//!
+//! The kubelet owns only some of a pod's conditions ([`KUBELET_CONDITIONS`]); others (readiness
+//! gates' conditions such as `autocrane.io/healthy`, `DisruptionTarget`) belong to other writers
+//! and are kept as the API server holds them ([`with_foreign_conditions`], the kubelet's
+//! `mergePodStatus`). `Ready` also waits for every `spec.readinessGates` condition to be `True`
+//! (`GeneratePodReadyCondition`), read from the current status.
 
-use chrono::{DateTime, Utc};
+use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{
     ContainerState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting,
     ContainerStatus, HostIP, PodCondition, PodIP, PodSpec, PodStatus,
@@ -21,9 +27,9 @@ pub struct Exit {
     /// Optional message.
     pub message: Option<String>,
     /// When it started.
-    pub started_at: Option<DateTime<Utc>>,
+    pub started_at: Option<Timestamp>,
     /// When it exited.
-    pub finished_at: DateTime<Utc>,
+    pub finished_at: Timestamp,
     /// `sim://…` id of the run.
     pub container_id: Option<String>,
 }
@@ -41,7 +47,7 @@ pub enum RunState {
     /// Running since.
     Running {
         /// Start time.
-        started_at: DateTime<Utc>,
+        started_at: Timestamp,
     },
     /// Exited and not (yet) restarted.
     Terminated(Exit),
@@ -99,7 +105,7 @@ pub struct PodRun {
     /// The node's IP.
     pub host_ip: String,
     /// When the kubelet accepted the pod.
-    pub start_time: Option<DateTime<Utc>>,
+    pub start_time: Option<Timestamp>,
     /// Init containers in order.
     pub init: Vec<ContainerRun>,
     /// App containers.
@@ -108,6 +114,57 @@ pub struct PodRun {
     pub terminated: bool,
     /// Message for a pod that failed before running (e.g. volume setup).
     pub message: Option<String>,
+}
+
+/// The condition types the kubelet writes (`kubetypes.PodConditionsByKubelet`); every other
+/// condition of a pod belongs to someone else and survives the kubelet's status writes.
+pub const KUBELET_CONDITIONS: [&str; 5] = [
+    "PodReadyToStartContainers",
+    "Initialized",
+    "Ready",
+    "ContainersReady",
+    "PodScheduled",
+];
+
+/// `new` (the kubelet's own status) with the conditions of `current` (the status as the API
+/// server holds it) that the kubelet does not own put first, as the kubelet's `mergePodStatus`
+/// does: a status write replaces the kubelet's conditions and keeps everybody else's.
+pub fn with_foreign_conditions(mut new: PodStatus, current: Option<&PodStatus>) -> PodStatus {
+    let mut conditions: Vec<PodCondition> = current
+        .and_then(|c| c.conditions.as_ref())
+        .into_iter()
+        .flatten()
+        .filter(|c| !KUBELET_CONDITIONS.contains(&c.type_.as_str()))
+        .cloned()
+        .collect();
+    conditions.extend(new.conditions.take().unwrap_or_default());
+    new.conditions = Some(conditions);
+    new
+}
+
+/// Why the readiness gates keep the pod from `Ready`, worded as the kubelet's
+/// `GeneratePodReadyCondition` does; `None` when every gate's condition is `True`.
+fn readiness_gates_message(spec: &PodSpec, current: Option<&PodStatus>) -> Option<String> {
+    let conditions = current.and_then(|c| c.conditions.as_deref()).unwrap_or(&[]);
+    let unready: Vec<String> = spec
+        .readiness_gates
+        .iter()
+        .flatten()
+        .filter_map(|gate| {
+            let ty = &gate.condition_type;
+            match conditions.iter().find(|c| &c.type_ == ty) {
+                None => Some(format!(
+                    "corresponding condition of pod readiness gate {ty:?} does not exist."
+                )),
+                Some(c) if c.status != "True" => Some(format!(
+                    "the status of pod readiness gate {ty:?} is not \"True\", but {}",
+                    c.status
+                )),
+                Some(_) => None,
+            }
+        })
+        .collect();
+    (!unready.is_empty()).then(|| unready.join(", "))
 }
 
 /// The pod phase (`getPhase`).
@@ -157,13 +214,10 @@ pub fn phase(spec: &PodSpec, run: &PodRun) -> &'static str {
     p
 }
 
-/// The full pod status. `old` provides transition times; a terminal phase in `old` is kept.
-pub fn compute(
-    spec: &PodSpec,
-    run: &PodRun,
-    old: Option<&PodStatus>,
-    now: DateTime<Utc>,
-) -> PodStatus {
+/// The kubelet's part of the pod status (its own conditions only: see
+/// [`with_foreign_conditions`]). `old` is the current status: it provides transition times and
+/// the conditions of the readiness gates; a terminal phase in `old` is kept.
+pub fn compute(spec: &PodSpec, run: &PodRun, old: Option<&PodStatus>, now: Timestamp) -> PodStatus {
     let old_phase = old.and_then(|o| o.phase.as_deref());
     let phase = match old_phase {
         Some(p @ ("Succeeded" | "Failed")) => p,
@@ -202,7 +256,12 @@ pub fn compute(
         .filter(|c| !c.ready)
         .map(|c| c.name.as_str())
         .collect();
-    let ready = unready.is_empty() && !terminal;
+    let containers_ready = unready.is_empty() && !terminal;
+    let gates = if containers_ready {
+        readiness_gates_message(spec, old)
+    } else {
+        None
+    };
     let (not_ready_reason, not_ready_msg) = if terminal {
         (Some("PodCompleted".to_string()), None)
     } else {
@@ -234,17 +293,22 @@ pub fn compute(
                 )),
             )
         },
-        if ready {
-            cond("Ready", true, None, None)
-        } else {
-            cond(
+        match (containers_ready, gates) {
+            (true, None) => cond("Ready", true, None, None),
+            (true, Some(message)) => cond(
+                "Ready",
+                false,
+                Some("ReadinessGatesNotReady".into()),
+                Some(message),
+            ),
+            (false, _) => cond(
                 "Ready",
                 false,
                 not_ready_reason.clone(),
                 not_ready_msg.clone(),
-            )
+            ),
         },
-        if ready {
+        if containers_ready {
             cond("ContainersReady", true, None, None)
         } else {
             cond("ContainersReady", false, not_ready_reason, not_ready_msg)
@@ -329,9 +393,9 @@ fn terminated(e: &Exit) -> ContainerStateTerminated {
 }
 
 /// A `metav1.Time` (second precision, as the API serializes it).
-pub fn time(t: DateTime<Utc>) -> Time {
+pub fn time(t: Timestamp) -> Time {
     Time(
-        k8s_openapi::jiff::Timestamp::from_second(t.timestamp())
+        k8s_openapi::jiff::Timestamp::from_second(t.as_second())
             .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
     )
 }
@@ -354,7 +418,7 @@ mod tests {
             reason: if code == 0 { "Completed" } else { "Error" }.into(),
             message: None,
             started_at: None,
-            finished_at: Utc::now(),
+            finished_at: Timestamp::now(),
             container_id: None,
         }
     }
@@ -362,7 +426,7 @@ mod tests {
     fn running(name: &str) -> ContainerRun {
         ContainerRun {
             state: RunState::Running {
-                started_at: Utc::now(),
+                started_at: Timestamp::now(),
             },
             ready: true,
             started: true,
@@ -381,7 +445,7 @@ mod tests {
         PodRun {
             pod_ip: Some("127.1.0.2".into()),
             host_ip: "127.0.0.1".into(),
-            start_time: Some(Utc::now()),
+            start_time: Some(Timestamp::now()),
             init,
             app,
             ..PodRun::default()
@@ -461,7 +525,7 @@ mod tests {
 
     #[test]
     fn conditions_name_the_unready_containers_and_keep_transition_times() {
-        let t0 = Utc::now() - chrono::Duration::seconds(60);
+        let t0 = Timestamp::now() - jiff::SignedDuration::from_secs(60);
         let init = run(
             vec![ContainerRun::waiting("setup", "img", "PodInitializing")],
             vec![ContainerRun::waiting("app", "img", "PodInitializing")],
@@ -478,7 +542,7 @@ mod tests {
         );
         assert_eq!(cond(&s0, "PodScheduled").status, "True");
         let up = run(vec![done("setup", 0)], vec![running("app")]);
-        let s1 = compute(&spec("Always"), &up, Some(&s0), Utc::now());
+        let s1 = compute(&spec("Always"), &up, Some(&s0), Timestamp::now());
         assert_eq!(s1.phase.as_deref(), Some("Running"));
         for ty in ["Initialized", "Ready", "ContainersReady"] {
             assert_eq!(cond(&s1, ty).status, "True", "{ty}");
@@ -514,7 +578,7 @@ mod tests {
             &spec("Never"),
             &run(vec![], vec![done("a", 0)]),
             None,
-            Utc::now(),
+            Timestamp::now(),
         );
         assert_eq!(s0.phase.as_deref(), Some("Succeeded"));
         assert_eq!(cond(&s0, "Ready").reason.as_deref(), Some("PodCompleted"));
@@ -522,9 +586,108 @@ mod tests {
             &spec("Never"),
             &run(vec![], vec![running("a")]),
             Some(&s0),
-            Utc::now(),
+            Timestamp::now(),
         );
         assert_eq!(s1.phase.as_deref(), Some("Succeeded"));
+    }
+
+    fn gated(gates: &[&str]) -> PodSpec {
+        PodSpec {
+            readiness_gates: Some(
+                gates
+                    .iter()
+                    .map(|g| k8s_openapi::api::core::v1::PodReadinessGate {
+                        condition_type: (*g).into(),
+                    })
+                    .collect(),
+            ),
+            ..spec("Always")
+        }
+    }
+
+    fn with_condition(mut s: PodStatus, ty: &str, status: &str) -> PodStatus {
+        let mut conditions = s.conditions.take().unwrap_or_default();
+        conditions.retain(|c| c.type_ != ty);
+        conditions.push(PodCondition {
+            type_: ty.into(),
+            status: status.into(),
+            ..PodCondition::default()
+        });
+        s.conditions = Some(conditions);
+        s
+    }
+
+    #[test]
+    fn readiness_gates_hold_ready_until_their_conditions_are_true() {
+        let spec = gated(&["example.com/a", "example.com/b"]);
+        let up = run(vec![], vec![running("app")]);
+        let s0 = compute(&spec, &up, None, Timestamp::now());
+        assert_eq!(cond(&s0, "ContainersReady").status, "True");
+        let ready = cond(&s0, "Ready");
+        assert_eq!(ready.status, "False");
+        assert_eq!(ready.reason.as_deref(), Some("ReadinessGatesNotReady"));
+        assert_eq!(
+            ready.message.as_deref(),
+            Some(
+                "corresponding condition of pod readiness gate \"example.com/a\" does not exist., \
+                 corresponding condition of pod readiness gate \"example.com/b\" does not exist."
+            )
+        );
+        let current = with_foreign_conditions(s0.clone(), None);
+        let current = with_condition(current, "example.com/a", "True");
+        let current = with_condition(current, "example.com/b", "False");
+        let s1 = compute(&spec, &up, Some(&current), Timestamp::now());
+        assert_eq!(
+            cond(&s1, "Ready").message.as_deref(),
+            Some("the status of pod readiness gate \"example.com/b\" is not \"True\", but False")
+        );
+        let current = with_condition(current, "example.com/b", "True");
+        let s2 = compute(&spec, &up, Some(&current), Timestamp::now());
+        assert_eq!(cond(&s2, "Ready").status, "True");
+        assert_eq!(cond(&s2, "Ready").reason, None);
+        // Unready containers take precedence over the gates, as in the kubelet.
+        let down = run(
+            vec![],
+            vec![ContainerRun {
+                ready: false,
+                ..running("app")
+            }],
+        );
+        let s3 = compute(&spec, &down, Some(&current), Timestamp::now());
+        assert_eq!(
+            cond(&s3, "Ready").reason.as_deref(),
+            Some("ContainersNotReady")
+        );
+        assert_eq!(cond(&s3, "ContainersReady").status, "False");
+    }
+
+    #[test]
+    fn foreign_conditions_are_kept_and_the_kubelets_own_replaced() {
+        let up = run(vec![], vec![running("app")]);
+        let own = compute(&spec("Always"), &up, None, Timestamp::now());
+        let current = with_condition(own.clone(), "autocrane.io/healthy", "True");
+        let current = with_condition(current, "Ready", "Unknown");
+        let merged = with_foreign_conditions(own.clone(), Some(&current));
+        let types: Vec<&str> = merged
+            .conditions
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|c| c.type_.as_str())
+            .collect();
+        assert_eq!(
+            types,
+            [
+                "autocrane.io/healthy",
+                "PodReadyToStartContainers",
+                "Initialized",
+                "Ready",
+                "ContainersReady",
+                "PodScheduled"
+            ]
+        );
+        assert_eq!(cond(&merged, "Ready").status, "True");
+        assert_eq!(cond(&merged, "autocrane.io/healthy").status, "True");
     }
 
     #[test]
@@ -534,7 +697,12 @@ mod tests {
             restart_count: 2,
             ..ContainerRun::waiting("a", "img", "CrashLoopBackOff")
         };
-        let s = compute(&spec("Always"), &run(vec![], vec![c]), None, Utc::now());
+        let s = compute(
+            &spec("Always"),
+            &run(vec![], vec![c]),
+            None,
+            Timestamp::now(),
+        );
         let cs = &s.container_statuses.unwrap()[0];
         assert_eq!(cs.restart_count, 2);
         assert_eq!(

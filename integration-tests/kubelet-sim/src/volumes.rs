@@ -89,12 +89,17 @@ pub fn referenced(pod: &Pod) -> (BTreeSet<String>, BTreeSet<String>) {
     (cms, secrets)
 }
 
-/// Whether the pod gets the service-account volume (`automountServiceAccountToken` not false).
+/// Whether the pod gets the synthesized service-account volume: `automountServiceAccountToken`
+/// not false, and the API server's ServiceAccount admission has not already added its
+/// `kube-api-access-*` projected volume (a real API server does; then that volume is used).
 pub fn automount(pod: &Pod) -> bool {
-    pod.spec
-        .as_ref()
-        .and_then(|s| s.automount_service_account_token)
-        != Some(false)
+    let Some(spec) = pod.spec.as_ref() else {
+        return true;
+    };
+    spec.automount_service_account_token != Some(false)
+        && !spec.volumes.iter().flatten().any(|v| {
+            v.name.starts_with("kube-api-access-") && v.name != SA_VOLUME && v.projected.is_some()
+        })
 }
 
 /// The tokens the pod's volumes need.

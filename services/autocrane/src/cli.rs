@@ -2,9 +2,12 @@
 
 use std::process::ExitCode;
 
-use autocrane_api::{
-    crd::AutoCraneDeployment,
-    runtime::{args::TelemetryArgs, process::Process, shutdown::Shutdown, telemetry},
+use autocrane_runtime::{
+    args::{LogFormat, TelemetryArgs},
+    errors::StartupReport,
+    process::Process,
+    shutdown::Shutdown,
+    telemetry,
 };
 use clap::{Parser, Subcommand};
 
@@ -16,7 +19,7 @@ use clap::{Parser, Subcommand};
 /// set by the environment variable shown in its help.
 #[derive(Parser, Debug)]
 #[command(name = "autocrane", version, propagate_version = true)]
-pub struct Cli {
+pub(crate) struct Cli {
     /// Logging (global: may follow the subcommand).
     #[command(flatten)]
     telemetry: TelemetryArgs,
@@ -41,6 +44,9 @@ enum Command {
     DataRepository(autocrane_data_repository::Args),
     /// Run the DataDeployer in a pod (init: wait for data; sidecar: swap in new data versions).
     DataDeployer(autocrane_data_deployer::Args),
+    /// Run the AutoCrane controller (reconcile AutoCraneDeployments: rollouts, rollbacks,
+    /// restarts, data).
+    Controller(autocrane_reconciler::Args),
     /// Print the AutoCraneDeployment CustomResourceDefinition as YAML.
     Crd,
     /// Print the install manifests (CRD, RBAC, components) as one YAML stream for kubectl apply.
@@ -49,8 +55,9 @@ enum Command {
 
 impl Cli {
     /// Runs the chosen subcommand and maps its outcome to the exit code: 0 on success, 1 when the
-    /// component failed (the error chain is logged), 2 for usage errors (clap's own code).
-    pub async fn run(self) -> ExitCode {
+    /// component failed (its causes and a hint are printed once), 2 for usage errors (clap's own
+    /// code).
+    pub(crate) async fn run(self) -> ExitCode {
         let Cli { telemetry, command } = self;
         let service_name = command.service_name();
         let guard = match telemetry::init(service_name, &telemetry) {
@@ -65,18 +72,37 @@ impl Cli {
         match outcome {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
-                let mut message = format!("autocrane {service_name}: {err}");
-                let mut source = err.source();
-                while let Some(cause) = source {
-                    message.push_str(&format!(": {cause}"));
-                    source = cause.source();
-                }
-                tracing::error!("{message}");
-                eprintln!("{message}");
+                let program = format!("autocrane {service_name}");
+                let report = StartupReport::new(&program, err.as_ref(), &[kube_hint]);
+                print_failure(&report, telemetry.log_format);
                 ExitCode::FAILURE
             }
         }
     }
+}
+
+/// Prints why a component stopped, once: for people a few lines on stderr (one per cause, then
+/// the hint); with `--log-format json` one log line, so that log collectors keep it whole.
+fn print_failure(report: &StartupReport, format: LogFormat) {
+    match format {
+        LogFormat::Plain => eprintln!("{report}"),
+        LogFormat::Json => tracing::error!(
+            causes = ?report.causes,
+            hint = report.hint.as_deref().unwrap_or_default(),
+            "{}",
+            report.headline
+        ),
+    }
+}
+
+/// No Kubernetes configuration found, in-cluster or in a kubeconfig: the usual first failure of a
+/// component started outside a pod.
+fn kube_hint(err: &(dyn std::error::Error + 'static)) -> Option<String> {
+    err.downcast_ref::<kube::config::InferConfigError>()?;
+    Some(
+        "no Kubernetes configuration found: set KUBECONFIG to a kubeconfig file (or create ~/.kube/config), or run in a pod with a service account"
+            .into(),
+    )
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -90,6 +116,7 @@ impl Command {
             Command::VersionWatcher(_) => "version-watcher",
             Command::DataRepository(_) => "data-repository",
             Command::DataDeployer(_) => "data-deployer",
+            Command::Controller(_) => "controller",
             Command::Crd => "crd",
             Command::Yaml(_) => "yaml",
         }
@@ -112,7 +139,8 @@ impl Command {
                 autocrane_data_repository::run(args, process()).await?
             }
             Command::DataDeployer(args) => autocrane_data_deployer::run(args, process()).await?,
-            Command::Crd => print!("{}", AutoCraneDeployment::crd_yaml()),
+            Command::Controller(args) => autocrane_reconciler::run(args, process()).await?,
+            Command::Crd => print!("{}", crate::install::crd_yaml()),
             Command::Yaml(args) => print!("{}", crate::install::manifests(&args)),
         }
         Ok(())

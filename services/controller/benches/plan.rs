@@ -175,6 +175,7 @@ fn main() {
             pods: &pods,
             app_versions: &offered,
             data_versions: &data,
+            data_sources: &BTreeMap::new(),
             now,
         })
         .unwrap();
@@ -194,6 +195,7 @@ fn main() {
                 pods,
                 app_versions: &offered,
                 data_versions: &data,
+                data_sources: &BTreeMap::new(),
                 now,
             })
             .unwrap();

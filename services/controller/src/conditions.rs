@@ -40,6 +40,15 @@ pub mod reason {
     pub const RESTARTS_DISABLED: &str = "RestartsDisabled";
     /// Degraded=False.
     pub const WITHIN_FAILING_LIMIT: &str = "WithinFailingLimit";
+    /// Progressing=False (and a Warning Event): a spec field breaks a rule; nothing is planned
+    /// until the spec is fixed.
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// Progressing=False (and a Warning Event): the API server rejected a pod built from
+    /// `spec.template`.
+    pub const TEMPLATE_REJECTED: &str = "TemplateRejected";
+    /// Progressing=False (and a Warning Event): a VersionWatcher or DataRepository the deployment
+    /// needs is not configured or not reachable; its pods keep running as they are.
+    pub const UPSTREAM_UNAVAILABLE: &str = "UpstreamUnavailable";
 
     /// Event: a rollout started.
     pub const ROLLOUT_STARTED: &str = "RolloutStarted";
@@ -122,6 +131,41 @@ pub fn merge(
             }
         })
         .collect()
+}
+
+/// The conditions of a pass that could not plan (see [`crate::plan::failed`]): `Progressing`
+/// becomes False with `reason`, the others stay as last written (they were observed then and
+/// nothing has been decided since); transition times are kept where the status did not flip.
+pub fn failed(
+    old: &[Condition],
+    reason: &'static str,
+    message: &str,
+    now: Timestamp,
+    generation: Option<i64>,
+) -> Vec<Condition> {
+    let progressing = Decided::new(condition::PROGRESSING, false, reason, message);
+    let mut out: Vec<Condition> = old
+        .iter()
+        .filter(|c| c.type_ != condition::PROGRESSING)
+        .cloned()
+        .collect();
+    let position = old
+        .iter()
+        .position(|c| c.type_ == condition::PROGRESSING)
+        .unwrap_or(out.len().min(1));
+    let merged = Condition {
+        type_: progressing.type_.to_string(),
+        status: "False".into(),
+        reason: progressing.reason.to_string(),
+        message: progressing.message,
+        last_transition_time: old
+            .iter()
+            .find(|c| c.type_ == condition::PROGRESSING && c.status == "False")
+            .map_or(Time(now), |c| c.last_transition_time.clone()),
+        observed_generation: generation,
+    };
+    out.insert(position.min(out.len()), merged);
+    out
 }
 
 /// The RolledBack condition: set by a rollback, kept until a later rollout completes.

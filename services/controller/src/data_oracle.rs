@@ -95,7 +95,9 @@ fn failed_on(pod: &PodView, source: &str, version: &str) -> bool {
 }
 
 /// A Running pod that holds `version` as desired, has not reported it (applied or failed), and
-/// has had `deadline` to do so since the stage started (or since it was created, if later).
+/// has had `deadline` to do so since the stage started (or since it was created, if later). The
+/// stage clock restarts whenever canaries are added (see [`start_and_assign`]), so it is never
+/// earlier than the moment the pod was asked.
 fn silent_past_deadline(
     pod: &PodView,
     source: &str,
@@ -328,10 +330,9 @@ pub fn start_and_assign(
             decision.events.push(Event::normal(why, what));
         }
     }
-    let status = &decision.status;
-    let lkg = status.lkg.clone();
-    let target = status.target.clone();
-    if let (Some(DataStage::Canary), Some(target)) = (status.stage, target.as_ref()) {
+    let lkg = decision.status.lkg.clone();
+    let target = decision.status.target.clone();
+    if let (Some(DataStage::Canary), Some(target)) = (decision.status.stage, target.as_ref()) {
         let running = live.iter().filter(|p| p.phase == PodPhase::Running).count();
         let canaries = live
             .iter()
@@ -350,7 +351,14 @@ pub fn start_and_assign(
         {
             decision.set.push((pod.name.clone(), target.clone()));
         }
+        // A canary added after the stage started (one replacing a canary that went away) is
+        // given the version now: the silence deadline counts from here, or the next pass would
+        // fail the version for a pod that was asked a moment ago (and ask again forever).
+        if !decision.set.is_empty() {
+            decision.status.stage_started_at = Some(Time(now));
+        }
     }
+    let status = &decision.status;
     let chosen: BTreeSet<String> = decision.set.iter().map(|(p, _)| p.clone()).collect();
     for pod in live.iter().filter(|p| !chosen.contains(&p.name)) {
         let have = desired(pod, &source);

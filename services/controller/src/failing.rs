@@ -33,8 +33,6 @@ pub struct FailingDecision {
     pub records: Vec<RestartRecord>,
     /// Degraded reason and message, when a failing pod may not be restarted.
     pub degraded: Option<(&'static str, String)>,
-    /// Restarts still in flight (deleted, replacement not yet Ready).
-    pub in_flight: usize,
     /// Events.
     pub events: Vec<Event>,
 }
@@ -63,7 +61,6 @@ pub fn decide(
     for record in &records {
         wake.at(after(record.at.0, window));
     }
-    let in_flight = in_flight_slots(&records, all, gone).len();
     let max_concurrent = usize::try_from(limit.max_concurrent_restarts.max(0)).unwrap_or(0);
     let per_pod = usize::try_from(limit.max_restarts_per_pod.max(0)).unwrap_or(0);
 
@@ -80,10 +77,7 @@ pub fn decide(
             .cmp(&b.health_since)
             .then(a.name.cmp(&b.name))
     });
-    let mut decision = FailingDecision {
-        in_flight,
-        ..FailingDecision::default()
-    };
+    let mut decision = FailingDecision::default();
     if failing.is_empty() {
         decision.records = records;
         return decision;

@@ -113,12 +113,27 @@ pub struct AppVersions {
     pub candidates: Vec<String>,
     /// Versions the VersionWatcher has quarantined (by this or another deployment).
     pub quarantined: BTreeSet<String>,
+    /// When the VersionWatcher first saw a version (its event time), where known: the start of
+    /// the version → first-pod reaction time ([`ReactionKind::VersionToFirstPod`]).
+    pub published: BTreeMap<String, Timestamp>,
+}
+
+/// What the DataRepository says about one data source beyond its version list.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DataSourceInfo {
+    /// The VersionWatcher/DataRepository source id, once known; shown as `status.data[].sourceId`.
+    pub source_id: Option<String>,
+    /// Version → when the DataRepository finished syncing it, where known: the start of the
+    /// synced → applied reaction time ([`ReactionKind::DataSyncedToApplied`]).
+    pub synced_at: BTreeMap<String, Timestamp>,
 }
 
 /// Everything one planning pass depends on.
 #[derive(Clone, Copy, Debug)]
 pub struct Input<'a> {
-    /// The deployment: spec, status as last written, metadata (name, generation).
+    /// The deployment: spec, status as last written, metadata (name, generation, and
+    /// `deletionTimestamp`: a deployment being deleted only releases its data pins, see
+    /// [`crate::plan::plan`]).
     pub deployment: &'a AutoCraneDeployment,
     /// Its pods (owned by it, any revision, including ones being deleted).
     pub pods: &'a [PodView],
@@ -126,6 +141,9 @@ pub struct Input<'a> {
     pub app_versions: &'a AppVersions,
     /// Per data source name: versions the DataRepository has synced, newest first.
     pub data_versions: &'a BTreeMap<String, Vec<String>>,
+    /// Per data source name: its source id and sync times, where known (missing entries are
+    /// simply unknown; tests leave this empty).
+    pub data_sources: &'a BTreeMap<String, DataSourceInfo>,
     /// The time of this pass.
     pub now: Timestamp,
 }
@@ -251,6 +269,38 @@ impl Event {
     }
 }
 
+/// Which reaction time a [`Reaction`] measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReactionKind {
+    /// A new-revision pod in `error` (since its `health_since`) → the rollback started.
+    ErrorToRollback,
+    /// The VersionWatcher first saw a version → the first pod of it created (a rollout of a
+    /// deployment that already ran another version; not its first bring-up).
+    VersionToFirstPod,
+    /// The DataRepository synced a data version → every pod has applied it (a rollout over a
+    /// last-known-good version; not the first version of a source, and not a revert).
+    DataSyncedToApplied,
+}
+
+/// A reaction time the controller achieved, known to this pass: the wiring observes it once the
+/// plan has been carried out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reaction {
+    /// What is measured.
+    pub kind: ReactionKind,
+    /// When the triggering observation happened.
+    pub since: Timestamp,
+    /// When the reaction happened (this pass, or for data the last pod's applied report).
+    pub at: Timestamp,
+}
+
+impl Reaction {
+    /// `at - since` in seconds, zero when the clocks disagree.
+    pub fn seconds(&self) -> f64 {
+        elapsed(self.at, self.since).as_secs_f64()
+    }
+}
+
 /// The outcome of one planning pass.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Plan {
@@ -263,6 +313,13 @@ pub struct Plan {
     /// Look again after this long even if nothing changes (a bake or threshold ends then);
     /// `None`: only on change.
     pub requeue_after: Option<StdDuration>,
+    /// Reaction times this pass completes, for the wiring's histograms.
+    pub reactions: Vec<Reaction>,
+    /// After this plan's actions the deployment holds DataRepository pins, or may pin at any
+    /// time (it has data sources): the wiring keeps a finalizer on it so that deleting it
+    /// releases the pins first. `false` once there is nothing to release — in particular for a
+    /// deployment being deleted, whose plan is its unpins: the finalizer goes after them.
+    pub holds_pins: bool,
 }
 
 /// Input the planner cannot act on.
@@ -279,6 +336,40 @@ pub enum PlanError {
     /// The pod template could not be hashed into a revision.
     #[error("hashing the pod template")]
     HashTemplate(#[source] serde_json::Error),
+}
+
+impl PlanError {
+    /// The user-visible failure this error is: the condition and Warning Event of
+    /// [`crate::plan::failed`].
+    pub fn failure(&self) -> Failure {
+        Failure {
+            reason: crate::conditions::reason::INVALID_SPEC,
+            message: chain(self),
+        }
+    }
+}
+
+/// An error and its causes on one line.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// A failure the planner never sees or cannot plan past, which a person must fix: an invalid
+/// spec, a template the API server rejects, an upstream that is missing or unreachable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    /// [`crate::conditions::reason::INVALID_SPEC`], [`crate::conditions::reason::TEMPLATE_REJECTED`]
+    /// or [`crate::conditions::reason::UPSTREAM_UNAVAILABLE`].
+    pub reason: &'static str,
+    /// For people: names the field or the service and what is wrong.
+    pub message: String,
 }
 
 /// `now - since`, zero when `since` is in the future.

@@ -106,6 +106,9 @@ pub struct Rollback {
     pub reason: &'static str,
     /// For people.
     pub message: String,
+    /// Since when the failing pod that triggered it has been in `error` (none for a missed
+    /// deadline): the start of the error → rollback reaction time.
+    pub error_since: Option<Timestamp>,
 }
 
 /// Whether the rollout of `target` that is in progress must be rolled back.
@@ -137,6 +140,7 @@ pub fn check_rollback(
                     pod.name,
                     threshold.as_secs()
                 ),
+                error_since: Some(pod.health_since),
             });
         }
         if pod.health == Health::Error {
@@ -158,6 +162,7 @@ pub fn check_rollback(
                 "{name} made no progress for {}",
                 spec.rollout.progress_deadline
             ),
+            error_since: None,
         });
     }
     if !ready {

@@ -25,9 +25,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-#[path = "../../data-repository/tests/common/mod.rs"]
-mod common;
-use common::{Proc, Stack, dir_spec, eventually, strings};
+use autocrane_test_support::{
+    GitServer, Running, autocrane_bin, eventually, free_port, strings, system_tool,
+};
+#[path = "../tests/support/mod.rs"]
+mod support;
+use support::{Stack, Upstream, dir_spec};
 
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -116,7 +119,7 @@ async fn main() {
     );
     println!(
         "autocrane binary: {} (debug build)",
-        common::autocrane_bin().display()
+        autocrane_bin().display()
     );
     println!(
         "data set: {files} files x {file_bytes} bytes = {total} bytes ({:.2} GiB), random content",
@@ -166,7 +169,7 @@ async fn main() {
         ])
     };
     let started = Instant::now();
-    let mut init = Proc::autocrane("bench-init", &args("init"), dir);
+    let mut init = Running::autocrane("bench-init", &args("init"), dir);
     let status = init.wait_exit(limit).expect("init finished in time");
     let deployer_time = started.elapsed();
     assert!(status.success(), "{}", init.log_text());
@@ -183,7 +186,7 @@ async fn main() {
     );
 
     // 2. nginx + curl.
-    let nginx_port = common::free_port();
+    let nginx_port = free_port();
     let nginx_dir = dir.join("nginx");
     std::fs::create_dir_all(&nginx_dir).unwrap();
     let conf = nginx_dir.join("nginx.conf");
@@ -197,17 +200,18 @@ async fn main() {
         ),
     )
     .unwrap();
-    let _nginx = Proc::spawn(
-        "nginx",
-        Path::new("nginx"),
-        &strings(&[
-            "-c",
-            conf.to_str().unwrap(),
-            "-e",
-            nginx_dir.join("error.log").to_str().unwrap(),
-        ]),
-        dir,
-    );
+    let mut nginx = Command::new(system_tool("nginx"));
+    nginx.args([
+        "-c",
+        conf.to_str().unwrap(),
+        "-e",
+        nginx_dir.join("error.log").to_str().unwrap(),
+    ]);
+    // Its own group: the master's workers go with it.
+    let _nginx = Running::builder(nginx)
+        .log_to(dir.join("nginx.log"))
+        .own_process_group()
+        .start();
     let end = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", nginx_port)).is_err() {
         assert!(Instant::now() < end, "nginx did not start");
@@ -272,7 +276,7 @@ async fn main() {
     println!("repository ingest of v2: {:.2?}", started.elapsed());
     write_annotations(&dir.join("podinfo"), "data.autocrane.io/bench", "v2");
     let started = Instant::now();
-    let mut init = Proc::autocrane("bench-delta", &args("init"), dir);
+    let mut init = Running::autocrane("bench-delta", &args("init"), dir);
     let status = init.wait_exit(limit).expect("delta finished in time");
     let delta_time = started.elapsed();
     assert!(status.success(), "{}", init.log_text());
@@ -339,14 +343,14 @@ fn git_clone(dir: &Path, v1: &Path, files: u64, total: u64, limit: Duration) -> 
         "(git setup: add + commit {:.1?}, not counted)",
         started.elapsed()
     );
-    let (_daemon, git_port) = common::git_daemon(&git_base, dir);
+    let daemon = GitServer::serve(&git_base);
     let clone_out = dir.join("clone-out");
     let git_time = run_bounded(
         "git clone",
         Command::new("git").args([
             "clone",
             "-q",
-            &format!("git://127.0.0.1:{git_port}/data"),
+            &daemon.url("data"),
             clone_out.to_str().unwrap(),
         ]),
         limit,

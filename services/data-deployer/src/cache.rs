@@ -17,7 +17,8 @@ use std::{
     time::Duration,
 };
 
-use autocrane_api::proto::data_v1 as pb;
+use autocrane_api::{manifest::digest_hex, proto::data_v1 as pb};
+use autocrane_runtime::fs::{sync_dir, write_atomic};
 use prost::Message;
 use tokio_stream::{Stream, StreamExt};
 use tonic::Status;
@@ -75,30 +76,6 @@ pub struct FetchStats {
     pub calls: u64,
 }
 
-/// Lower-case hex.
-pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(DIGITS[(b >> 4) as usize] as char);
-        out.push(DIGITS[(b & 15) as usize] as char);
-    }
-    out
-}
-
-fn hex_of(digest: &str) -> Option<&str> {
-    digest.strip_prefix("sha256:").filter(|h| {
-        h.len() == 64
-            && h.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    })
-}
-
-/// fsyncs a directory.
-pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    fs::File::open(dir)?.sync_all()
-}
-
 /// The cache.
 #[derive(Clone, Debug)]
 pub struct Cache {
@@ -121,13 +98,13 @@ impl Cache {
     pub fn blob(&self, digest: &str) -> PathBuf {
         self.root
             .join("blobs")
-            .join(hex_of(digest).unwrap_or("invalid"))
+            .join(digest_hex(digest).unwrap_or("invalid"))
     }
 
     fn partial(&self, digest: &str) -> PathBuf {
         self.root
             .join("partial")
-            .join(hex_of(digest).unwrap_or("invalid"))
+            .join(digest_hex(digest).unwrap_or("invalid"))
     }
 
     /// Whether a verified blob is present.
@@ -147,7 +124,7 @@ impl Cache {
             .join("manifests")
             .join(name)
             .join(format!("{dir}.pb"));
-        write_atomic(&path, &manifest.encode_to_vec())
+        write_atomic(&path, &manifest.encode_to_vec()).map_err(io("writing", &path))
     }
 
     /// Loads a saved manifest.
@@ -188,7 +165,7 @@ impl Cache {
                         manifest
                             .files
                             .into_iter()
-                            .filter_map(|f| hex_of(&f.digest).map(str::to_string)),
+                            .filter_map(|f| digest_hex(&f.digest).map(str::to_string)),
                     );
                 }
             }
@@ -226,7 +203,7 @@ impl Cache {
                 if file.digest.is_empty() || !seen.insert(file.digest.as_str()) {
                     continue;
                 }
-                if hex_of(&file.digest).is_none() {
+                if digest_hex(&file.digest).is_none() {
                     return Err(FetchError::Refused(format!(
                         "the manifest has an invalid digest for {:?}",
                         file.path
@@ -339,7 +316,7 @@ impl Cache {
             let Some(pb::fetch_response::Payload::Chunk(chunk)) = message.payload else {
                 continue;
             };
-            if hex_of(&chunk.digest).is_none() {
+            if digest_hex(&chunk.digest).is_none() {
                 break Some(Status::internal(
                     "the repository sent a chunk with an invalid digest",
                 ));
@@ -364,7 +341,10 @@ impl Cache {
             progress.bytes += chunk.data.len() as u64;
             if chunk.last {
                 let (digest, file, hasher, _) = current.take().expect("set above");
-                let got = format!("sha256:{}", hex(hasher.finish().as_ref()));
+                let got = format!(
+                    "sha256:{}",
+                    autocrane_api::manifest::hex(hasher.finish().as_ref())
+                );
                 let partial = self.partial(&digest);
                 if got == digest {
                     // fsync + rename off the receive path, several at once: the disk flushes
@@ -439,20 +419,4 @@ impl Cache {
         std::io::Seek::seek(&mut file, std::io::SeekFrom::End(0)).map_err(io("seeking", &path))?;
         Ok((digest.to_string(), file, hasher, length))
     }
-}
-
-/// Writes `bytes` to `path` durably (temp + fsync + rename + fsync dir).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), FetchError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(io("creating", dir))?;
-    let tmp = dir.join(format!(
-        ".tmp-{}-{:x}",
-        std::process::id(),
-        rand::random::<u64>()
-    ));
-    let mut file = fs::File::create(&tmp).map_err(io("creating", &tmp))?;
-    file.write_all(bytes).map_err(io("writing", &tmp))?;
-    file.sync_all().map_err(io("syncing", &tmp))?;
-    fs::rename(&tmp, path).map_err(io("renaming", path))?;
-    sync_dir(dir).map_err(io("syncing", dir))
 }

@@ -20,14 +20,15 @@ use std::{
     time::Duration,
 };
 
-use autocrane_api::{
-    proto::data_v1::{self as pb, data_repository_client::DataRepositoryClient},
-    runtime::client::AutoCraneChannel,
+use autocrane_api::proto::data_v1::{self as pb, data_repository_client::DataRepositoryClient};
+use autocrane_runtime::{
+    client::AutoCraneChannel,
+    fs::{sync_dir, write_atomic},
 };
 use tonic::Status;
 
 use crate::{
-    cache::{Cache, FetchError, FetchStats, FetchStream, sync_dir, write_atomic},
+    cache::{Cache, FetchError, FetchStats, FetchStream},
     desired::{Desired, version_dir},
 };
 
@@ -268,7 +269,8 @@ impl Deployer {
                 .map(str::to_string),
         );
         history.truncate(self.keep);
-        write_atomic(&history_path, history.join("\n").as_bytes())?;
+        write_atomic(&history_path, history.join("\n").as_bytes())
+            .map_err(io("writing", &history_path))?;
         let keep: BTreeSet<String> = history.into_iter().collect();
         for entry in fs::read_dir(source_dir)
             .map_err(io("reading", source_dir))?
@@ -301,44 +303,12 @@ fn remove_any(path: &Path) {
     };
 }
 
-/// Rejects manifests whose paths or links could write or point outside the version directory
-/// (the repository checks too; the deployer does not trust the network).
+/// Rejects manifests whose paths or links could write or point outside the version directory,
+/// with the rules the repository applies before storing a version ([`autocrane_api::manifest`]):
+/// the deployer does not trust the network.
 pub fn check_manifest(manifest: &pb::Manifest) -> Result<(), DeployError> {
-    let bad = |what: String| Err(DeployError::UnsafeManifest(what));
-    let mut paths = BTreeSet::new();
-    for file in &manifest.files {
-        let normal = !file.path.is_empty()
-            && !file.path.starts_with('/')
-            && file
-                .path
-                .split('/')
-                .all(|p| !p.is_empty() && p != "." && p != "..")
-            && !file.path.contains('\0');
-        if !normal {
-            return bad(format!("path {:?}", file.path));
-        }
-        if !paths.insert(file.path.as_str()) {
-            return bad(format!("path {:?} appears twice", file.path));
-        }
-        if !file.symlink_target.is_empty() {
-            let depth = file.path.split('/').count() - 1;
-            let mut level = depth as i64;
-            if file.symlink_target.starts_with('/') {
-                return bad(format!("symlink {:?} is absolute", file.path));
-            }
-            for part in file.symlink_target.split('/') {
-                match part {
-                    "" | "." => {}
-                    ".." => level -= 1,
-                    _ => level += 1,
-                }
-                if level < 0 {
-                    return bad(format!("symlink {:?} leaves the tree", file.path));
-                }
-            }
-        }
-    }
-    Ok(())
+    autocrane_api::manifest::check_manifest(&manifest.files)
+        .map_err(|err| DeployError::UnsafeManifest(err.to_string()))
 }
 
 /// Builds `<source_dir>/<dir_name>` from the cache under a temporary name, then renames it.
@@ -472,7 +442,11 @@ mod tests {
             path: path.into(),
             mode: 0o644,
             size: 0,
-            digest: String::new(),
+            digest: if target.is_empty() {
+                autocrane_api::manifest::sha256_digest(path.as_bytes())
+            } else {
+                String::new()
+            },
             symlink_target: target.into(),
         }
     }

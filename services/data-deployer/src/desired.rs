@@ -147,13 +147,7 @@ pub fn desired(
 
 /// Whether `name` is a DNS-1123 label (so it is a safe directory name).
 pub fn is_label(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-')
+    autocrane_api::names::is_dns1123_label(name)
 }
 
 /// The directory name of a version under `<root>/<name>/`: the version itself when it is a safe
@@ -180,8 +174,9 @@ pub fn version_dir(version: &str) -> String {
             }
         })
         .collect();
-    let hash =
-        crate::cache::hex(ring::digest::digest(&ring::digest::SHA256, version.as_bytes()).as_ref());
+    let hash = autocrane_api::manifest::hex(
+        ring::digest::digest(&ring::digest::SHA256, version.as_bytes()).as_ref(),
+    );
     format!("v_{}-{}", cleaned.trim_start_matches('.'), &hash[..12])
 }
 

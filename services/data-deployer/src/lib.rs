@@ -6,12 +6,14 @@
 //! file ([`desired`]; no Kubernetes API access), reacts to changes of that file through file
 //! notifications, fetches missing files from the DataRepository into a local content-addressed
 //! cache ([`cache`]), puts versions live with an atomic link swap ([`deploy`]), and reports each
-//! outcome as the watchdog `data-<name>` ([`report`]).
+//! outcome as the watchdog `data-<name>` ([`report`]). What to do next is decided by the pure
+//! [`step::next_step`]; [`run`] only carries the steps out.
 
 pub mod cache;
 pub mod deploy;
 pub mod desired;
 pub mod report;
+pub mod step;
 
 use std::{
     collections::BTreeMap,
@@ -19,13 +21,14 @@ use std::{
     time::Duration,
 };
 
-use autocrane_api::{
-    proto::data_v1::data_repository_client::DataRepositoryClient,
-    runtime::{
-        RuntimeError, args::ClientTlsArgs, client, process::Process, trace_context::TracedChannel,
-    },
+use autocrane_api::proto::data_v1::data_repository_client::DataRepositoryClient;
+use autocrane_runtime::{
+    RuntimeError, args::ClientTlsArgs, client, errors::error_chain, process::Process,
+    trace_context::TracedChannel,
 };
 use notify::Watcher;
+
+use crate::step::Step;
 
 /// Flags of `autocrane data-deployer`.
 #[derive(clap::Args, Clone, Debug)]
@@ -237,27 +240,19 @@ pub async fn run(args: Args, process: Process) -> Result<(), Error> {
 
     let started = tokio::time::Instant::now();
     let deadline = started + Duration::from_secs(timeout);
-    let mut posted: BTreeMap<String, String> = BTreeMap::new();
-    let mut failures: BTreeMap<String, String> = BTreeMap::new();
-    let mut backoff = Duration::from_millis(200);
+    let mut state = step::State::new(mode, deadline, reporter.is_some());
     tracing::info!(?mode, root = %root.display(), desired_file = %desired_file.display(), "Data deployer started");
     loop {
-        let wanted = match read_desired(&desired_file, &sources) {
-            Ok(wanted) => Some(wanted),
-            Err(e) => {
-                tracing::warn!(error = %e, "Cannot read the desired versions yet");
-                failures.insert("<annotations>".into(), e);
-                None
-            }
-        };
-        if let Some(wanted) = &wanted {
-            failures.clear();
-            for desired in wanted {
-                let outcome = if deployer.is_live(desired) {
-                    Ok(None)
-                } else {
+        let desired = read_desired(&desired_file, &sources);
+        if let Err(e) = &desired {
+            tracing::warn!(error = %e, "Cannot read the desired versions yet");
+        }
+        state.begin_pass(desired, |desired| deployer.is_live(desired));
+        loop {
+            match step::next_step(&state, tokio::time::Instant::now()) {
+                Step::Apply(desired) => {
                     let span = tracing::info_span!("apply", source = %desired.name, version = %desired.version);
-                    let apply = tracing::Instrument::instrument(deployer.apply(desired), span);
+                    let apply = tracing::Instrument::instrument(deployer.apply(&desired), span);
                     let result = match mode {
                         Mode::Init => tokio::time::timeout_at(deadline, apply)
                             .await
@@ -267,96 +262,75 @@ pub async fn run(args: Args, process: Process) -> Result<(), Error> {
                             () = process.shutdown.wait() => return Ok(()),
                         },
                     };
-                    result.map(Some)
-                };
-                let text = match &outcome {
-                    Ok(Some(applied)) => {
-                        tracing::info!(
-                            source = %desired.name,
-                            version = %desired.version,
-                            reused = applied.reused,
-                            fetched_blobs = applied.fetch.blobs,
-                            fetched_bytes = applied.fetch.bytes,
-                            version_bytes = applied.version_bytes,
-                            corrupt_refetched = applied.fetch.corrupt,
-                            fetch_calls = applied.fetch.calls,
-                            fetch_ms = applied.fetch_time.as_millis() as u64,
-                            materialize_ms = applied.materialize_time.as_millis() as u64,
-                            "Version applied"
-                        );
-                        Ok(desired.version.as_str())
-                    }
-                    Ok(None) => Ok(desired.version.as_str()),
-                    Err(e) => {
-                        let reason = format!("version {}: {}", desired.version, error_chain(e));
-                        tracing::warn!(source = %desired.name, error = %reason, "Applying a version failed");
-                        failures.insert(desired.name.clone(), reason);
-                        Err(failures[&desired.name].as_str())
-                    }
-                };
-                let key = match text {
-                    Ok(v) => format!("ok {v}"),
-                    Err(r) => format!("error {r}"),
-                };
-                if let Some(reporter) = &reporter
-                    && posted.get(&desired.name) != Some(&key)
-                {
-                    match reporter.report(&desired.name, text).await {
-                        Ok(()) => {
-                            posted.insert(desired.name.clone(), key);
+                    match result {
+                        Ok(applied) => {
+                            log_applied(&desired, &applied);
+                            state.record_apply(&desired, Ok(()));
                         }
                         Err(e) => {
-                            tracing::warn!(source = %desired.name, error = %e, "Posting the watchdog failed; will retry");
-                            failures
-                                .entry(format!("{}/report", desired.name))
-                                .or_insert(e);
+                            let report = state.record_apply(&desired, Err(error_chain(&e)));
+                            tracing::warn!(source = %desired.name, error = %report, "Applying a version failed");
                         }
                     }
                 }
-            }
-        }
-        if failures.is_empty() {
-            backoff = Duration::from_millis(200);
-            if mode == Mode::Init {
-                tracing::info!(elapsed = ?started.elapsed(), "Every desired data version is live");
-                return Ok(());
-            }
-        }
-        if mode == Mode::Init && tokio::time::Instant::now() >= deadline {
-            let pending = failures
-                .iter()
-                .map(|(k, v)| format!("{k}: {v}"))
-                .collect::<Vec<_>>()
-                .join("; ");
-            return Err(Error::Timeout {
-                secs: timeout,
-                pending,
-            });
-        }
-        let wait = if failures.is_empty() {
-            Duration::from_secs(3600)
-        } else {
-            backoff
-        };
-        let wait_until = match mode {
-            Mode::Init => (tokio::time::Instant::now() + wait).min(deadline),
-            Mode::Sidecar => tokio::time::Instant::now() + wait,
-        };
-        tokio::select! {
-            event = changes.recv() => {
-                if event.is_none() {
+                Step::Report { name, report } => {
+                    // The state asks for reports only when there is a reporter.
+                    let result = match &reporter {
+                        Some(reporter) => reporter.report(&name, &report).await,
+                        None => Ok(()),
+                    };
+                    if let Err(e) = &result {
+                        tracing::warn!(source = %name, error = %e, "Posting the watchdog failed; will retry");
+                    }
+                    state.record_report(&name, &report, result);
+                }
+                Step::Exit => {
+                    tracing::info!(elapsed = ?started.elapsed(), "Every desired data version is live");
                     return Ok(());
                 }
-                // The kubelet swaps several links at once: take the whole burst.
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                while changes.try_recv().is_ok() {}
+                Step::GiveUp { pending } => {
+                    return Err(Error::Timeout {
+                        secs: timeout,
+                        pending,
+                    });
+                }
+                Step::Wait { until, retry } => {
+                    let elapsed = tokio::select! {
+                        event = changes.recv() => {
+                            if event.is_none() {
+                                return Ok(());
+                            }
+                            // The kubelet swaps several links at once: take the whole burst.
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            while changes.try_recv().is_ok() {}
+                            false
+                        }
+                        () = tokio::time::sleep_until(until) => true,
+                        () = process.shutdown.wait() => return Ok(()),
+                    };
+                    state.waited(retry, elapsed);
+                    break;
+                }
             }
-            () = tokio::time::sleep_until(wait_until) => {
-                backoff = (backoff * 2).min(Duration::from_secs(10));
-            }
-            () = process.shutdown.wait() => return Ok(()),
         }
     }
+}
+
+/// Logs what an apply did.
+fn log_applied(desired: &desired::Desired, applied: &deploy::Applied) {
+    tracing::info!(
+        source = %desired.name,
+        version = %desired.version,
+        reused = applied.reused,
+        fetched_blobs = applied.fetch.blobs,
+        fetched_bytes = applied.fetch.bytes,
+        version_bytes = applied.version_bytes,
+        corrupt_refetched = applied.fetch.corrupt,
+        fetch_calls = applied.fetch.calls,
+        fetch_ms = applied.fetch_time.as_millis() as u64,
+        materialize_ms = applied.materialize_time.as_millis() as u64,
+        "Version applied"
+    );
 }
 
 fn read_desired(
@@ -368,20 +342,6 @@ fn read_desired(
     let annotations =
         desired::parse_annotations(&text).map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(desired::desired(&annotations, sources))
-}
-
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let next = cause.to_string();
-        if !text.contains(&next) {
-            text.push_str(": ");
-            text.push_str(&next);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -4,17 +4,16 @@
 use std::{path::PathBuf, time::Duration};
 
 use autocrane_api::{
+    data_report::DataReport,
     keys::data_watchdog,
     proto::watchdog_v1::{
         Level, PodRef, PostWatchdogRequest, watchdog_listener_client::WatchdogListenerClient,
     },
-    runtime::client::AutoCraneChannel,
+    watchdog::Level as WatchdogLevel,
 };
+use autocrane_runtime::client::AutoCraneChannel;
 use bytes::Bytes;
 use http_body_util::Full;
-
-/// Largest watchdog message the listener accepts.
-const MAX_MESSAGE_BYTES: usize = 1024;
 
 /// Posts the deployer's outcomes as watchdogs.
 #[derive(Clone, Debug)]
@@ -40,20 +39,15 @@ impl Reporter {
         }
     }
 
-    /// Posts watchdog `data-<source>`: info `applied <version>`, or error with the reason.
-    pub async fn report(&self, source: &str, outcome: Result<&str, &str>) -> Result<(), String> {
-        let (level, mut message) = match outcome {
-            Ok(version) => (Level::Info, format!("applied {version}")),
-            Err(reason) => (Level::Error, reason.to_string()),
+    /// Posts watchdog `data-<source>` with the report's level and message ([`DataReport`]'s
+    /// grammar, which the controller parses).
+    pub async fn report(&self, source: &str, report: &DataReport) -> Result<(), String> {
+        let level = match report.level() {
+            WatchdogLevel::Info => Level::Info,
+            WatchdogLevel::Warning => Level::Warning,
+            WatchdogLevel::Error => Level::Error,
         };
-        if message.len() > MAX_MESSAGE_BYTES {
-            let mut cut = MAX_MESSAGE_BYTES - 3;
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            message.truncate(cut);
-            message.push_str("...");
-        }
+        let message = report.format();
         let mut request = tonic::Request::new(PostWatchdogRequest {
             pod: Some(self.pod.clone()),
             name: data_watchdog(source),

@@ -7,14 +7,15 @@ use std::{path::Path, time::Duration};
 
 use autocrane_data_deployer::desired::version_dir;
 
-#[path = "../../data-repository/tests/common/mod.rs"]
-mod common;
-mod support;
-use common::{
-    GitRepo, HttpOrigin, Stack, dir_spec, eventually, file, git_daemon, git_spec, gzip, http_spec,
-    noise, raw_tar,
+use autocrane_test_support::{
+    GitRepo, GitServer, HttpOrigin, Running, autocrane_bin, eventually, file, free_port, gzip,
+    noise, post_sink, raw_tar,
 };
-use support::{PodInfo, applied_line, assert_tree, deployer, log_field, wait_current};
+mod support;
+use support::{
+    PodInfo, Stack, Upstream, applied_line, assert_tree, deployer, dir_spec, git_spec, http_spec,
+    log_field, wait_current,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_commit_reaches_the_sidecar_current_link_as_a_delta() {
@@ -30,11 +31,9 @@ async fn a_new_commit_reaches_the_sidecar_current_link_as_a_delta() {
         ],
         &[],
     );
-    let (_daemon, port) = git_daemon(&dir.path().join("git"), dir.path());
+    let daemon = GitServer::serve(&dir.path().join("git"));
     let stack = Stack::start(dir.path(), &[]).await;
-    let id = stack
-        .track(git_spec(&format!("git://127.0.0.1:{port}/app"), "data"))
-        .await;
+    let id = stack.track(git_spec(&daemon.url("app"), "data")).await;
     stack.synced(&id, &v1).await;
 
     let root = dir.path().join("data");
@@ -149,42 +148,6 @@ async fn init_exits_once_live_and_fails_clearly_after_its_timeout() {
     );
 }
 
-/// An HTTP endpoint that records the bodies POSTed to it.
-fn notification_sink() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
-    use std::io::{BufRead, BufReader, Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let sink = bodies.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut length = 0usize;
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                if let Some((k, v)) = line.split_once(':')
-                    && k.eq_ignore_ascii_case("content-length")
-                {
-                    length = v.trim().parse().unwrap_or(0);
-                }
-            }
-            let mut body = vec![0u8; length];
-            let _ = reader.read_exact(&mut body);
-            sink.lock()
-                .unwrap()
-                .push(String::from_utf8_lossy(&body).into_owned());
-            let mut stream = stream;
-            let _ = stream.write_all(
-                b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-            );
-        }
-    });
-    (port, bodies)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_validation_keeps_the_live_version_and_swaps_notify_the_app() {
     let dir = tempfile::tempdir().unwrap();
@@ -199,7 +162,7 @@ async fn a_failing_validation_keeps_the_live_version_and_swaps_notify_the_app() 
     std::fs::rename(source.join(".v2.tmp"), source.join("v2")).unwrap();
     stack.synced(&id, "v2").await;
 
-    let (port, notifications) = notification_sink();
+    let (port, notifications) = post_sink();
     let root = dir.path().join("data");
     let mut pod = PodInfo::new(&dir.path().join("podinfo"));
     pod.want("settings", "v1");
@@ -315,8 +278,8 @@ async fn outcomes_are_reported_as_the_data_watchdog_through_the_watchdog_listene
         Some(pod),
     );
     assert_eq!(created["metadata"]["name"], "app-0", "{created}");
-    let listener_port = common::free_port();
-    let mut listener_cmd = std::process::Command::new(common::autocrane_bin());
+    let listener_port = free_port();
+    let mut listener_cmd = std::process::Command::new(autocrane_bin());
     listener_cmd
         .args([
             "watchdog-listener",
@@ -325,10 +288,8 @@ async fn outcomes_are_reported_as_the_data_watchdog_through_the_watchdog_listene
             "--admin-listen",
             "off",
         ])
-        .env("KUBECONFIG", &kubeconfig)
-        .stdout(std::fs::File::create(dir.path().join("watchdog-listener.log")).unwrap())
-        .stderr(std::fs::File::create(dir.path().join("watchdog-listener.err")).unwrap());
-    let mut listener = listener_cmd.spawn().unwrap();
+        .env("KUBECONFIG", &kubeconfig);
+    let _listener = Running::logged("watchdog-listener", listener_cmd, dir.path());
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, &token).unwrap();
 
@@ -386,6 +347,4 @@ async fn outcomes_are_reported_as_the_data_watchdog_through_the_watchdog_listene
         "{failed}"
     );
     println!("status.autocrane.io/data-rules: {applied} -> {failed}");
-    let _ = listener.kill();
-    let _ = listener.wait();
 }

@@ -15,11 +15,11 @@ use autocrane_data_deployer::{
 };
 use tokio_stream::StreamExt;
 
-#[path = "../../data-repository/tests/common/mod.rs"]
-mod common;
+use autocrane_test_support::{eventually, noise};
 mod support;
-use common::{Stack, dir_spec, eventually, noise};
-use support::{PodInfo, applied_line, deployer, log_field, wait_current};
+use support::{
+    PodInfo, Stack, Upstream, applied_line, deployer, dir_spec, log_field, wait_current,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupted_chunk_is_detected_and_refetched() {
@@ -152,7 +152,9 @@ async fn the_repository_killed_mid_stream_the_deployer_resumes() {
         !root.join("bulk/current").exists(),
         "killed before the fetch finished"
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Restart only once the deployer has seen its stream break, so it resumes, rather than
+    // never noticing a quick restart.
+    sidecar.wait_for_line("The fetch stream broke; resuming", Duration::from_secs(30));
     stack.restart_repository().await;
     wait_current(&root, "bulk", "v1", Duration::from_secs(60)).await;
     for (name, content) in &files {
@@ -212,7 +214,7 @@ print("OK checks=%d skipped=%d" % (checks, skipped))
 "#;
 
 fn sha256_hex(bytes: &[u8]) -> String {
-    autocrane_data_deployer::cache::hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
+    autocrane_api::manifest::hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

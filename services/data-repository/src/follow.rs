@@ -4,18 +4,15 @@
 
 use std::{collections::BTreeMap, sync::Arc, sync::Mutex, time::Duration};
 
-use autocrane_api::{
-    proto::{
-        data_v1::SyncState,
-        version_v1::{
-            self as vpb, WatchVersionsRequest, version_watcher_client::VersionWatcherClient,
-        },
-    },
-    runtime::{
-        client::AutoCraneChannel,
-        shutdown::Shutdown,
-        watch_client::{Backoff, WatchClient},
-    },
+use autocrane_api::proto::{
+    data_v1::SyncState,
+    version_v1::{self as vpb, WatchVersionsRequest, version_watcher_client::VersionWatcherClient},
+};
+use autocrane_runtime::{
+    client::AutoCraneChannel,
+    errors::error_chain,
+    shutdown::Shutdown,
+    watch_client::{Backoff, WatchClient},
 };
 use tokio::task::JoinHandle;
 
@@ -154,10 +151,13 @@ async fn follow(
                 Ok(staged) => {
                     let store2 = store.clone();
                     let (id, name) = (source_id.clone(), version.name.clone());
-                    tokio::task::spawn_blocking(move || store2.commit(&id, &name, staged))
-                        .await
-                        .map_err(|e| StageError::Io(e.to_string()))
-                        .and_then(|r| r.map_err(|e| StageError::Io(error_chain(&e))))
+                    let span = tracing::info_span!("commit", version = %name);
+                    tokio::task::spawn_blocking(move || {
+                        span.in_scope(|| store2.commit(&id, &name, staged))
+                    })
+                    .await
+                    .map_err(|e| StageError::Io(e.to_string()))
+                    .and_then(|r| r.map_err(|e| StageError::Io(error_chain(&e))))
                 }
                 Err(e) => Err(e),
             };
@@ -197,15 +197,4 @@ async fn follow(
             () = shutdown.wait() => return,
         }
     }
-}
-
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

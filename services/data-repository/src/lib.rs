@@ -5,10 +5,11 @@
 //!
 //! Data flow: `TrackSource` asks the VersionWatcher for the source's id → [`follow`] holds a
 //! `WatchVersions` stream per tracked source → for each new current version [`origin`] fetches
-//! the content (git, HTTP archive, directory) → [`stage`] checks every entry ([`tree`] holds the
+//! the content (git, HTTP archive, directory) → [`stage`] checks every entry ([`autocrane_api::manifest`] holds the
 //! pure rules) and writes blobs into a staging directory → [`store`] moves the blobs into the
 //! content-addressed store and only then writes the manifest, applies retention, and announces
-//! the change → [`grpc`] serves manifests, `WatchSynced` and `Fetch`.
+//! the change → [`grpc`] serves manifests, `WatchSynced` and `Fetch`, checking requests with
+//! [`validate`] and turning every [`Error`] into a status in one place ([`grpc::status`]).
 
 pub mod follow;
 pub mod grpc;
@@ -16,20 +17,18 @@ pub mod metrics;
 pub mod origin;
 pub mod stage;
 pub mod store;
-pub mod tree;
+pub mod validate;
 
 use std::path::PathBuf;
 
-use autocrane_api::{
-    proto::data_v1::data_repository_server::DataRepositoryServer,
-    runtime::{
-        RuntimeError,
-        args::{ClientTlsArgs, ServerArgs},
-        client,
-        local_dirs::LocalDirectoryArgs,
-        process::Process,
-        server::GrpcServer,
-    },
+use autocrane_api::proto::data_v1::data_repository_server::DataRepositoryServer;
+use autocrane_runtime::{
+    RuntimeError,
+    args::{ClientTlsArgs, ServerArgs},
+    client,
+    process::Process,
+    server::GrpcServer,
+    upstream::local_dirs::LocalDirectoryArgs,
 };
 
 /// Flags of `autocrane data-repository`.
@@ -80,7 +79,8 @@ pub struct Args {
     pub directories: LocalDirectoryArgs,
 }
 
-/// Errors of the component.
+/// Errors of the component: starting it, and answering a request ([`grpc::status`] maps each to
+/// the status a caller sees).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The gRPC server could not start or failed.
@@ -92,6 +92,68 @@ pub enum Error {
     /// The VersionWatcher URL or TLS settings are unusable.
     #[error("configuring the VersionWatcher client")]
     VersionWatcher(#[source] RuntimeError),
+    /// A request field is invalid.
+    #[error("{0}")]
+    Invalid(#[from] validate::Invalid),
+    /// The request names a source the store does not know.
+    #[error("source {id:?} is not known")]
+    UnknownSource {
+        /// The source id.
+        id: String,
+    },
+    /// `WatchSynced` names a source that is not tracked.
+    #[error("source_ids: {id:?} is not tracked")]
+    NotTracked {
+        /// The source id.
+        id: String,
+    },
+    /// The source has no such version (never synced, or removed by retention).
+    #[error("source {id:?} has no version {version:?}")]
+    UnknownVersion {
+        /// The source id.
+        id: String,
+        /// The version.
+        version: String,
+    },
+    /// The version is being synced right now.
+    #[error("version {version:?} of {id:?} is not synced yet")]
+    NotSynced {
+        /// The source id.
+        id: String,
+        /// The version.
+        version: String,
+    },
+    /// Every Fetch slot is taken (`--max-concurrent-fetches`).
+    #[error("too many concurrent fetches; retry later")]
+    TooManyFetches,
+    /// The server stops; a fetch is resumed elsewhere or later.
+    #[error("the server is shutting down; resume the fetch")]
+    ShuttingDown,
+    /// A blob of the version went away during the fetch (retention removed the version).
+    #[error("blob {digest} is gone ({source}); the version was removed")]
+    BlobGone {
+        /// The blob.
+        digest: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A blob could not be read.
+    #[error("reading blob {digest}: {source}")]
+    ReadBlob {
+        /// The blob.
+        digest: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The store could not record a change (tracking, pins).
+    #[error(transparent)]
+    WriteStore(store::StoreError),
+    /// The VersionWatcher refused or failed `GetSource`.
+    #[error("the VersionWatcher: {}", .0.message())]
+    AskVersionWatcher(tonic::Status),
+    /// The VersionWatcher's answer lacks a part.
+    #[error("the VersionWatcher returned {0}")]
+    VersionWatcherReply(&'static str),
 }
 
 /// Runs the component until the process shuts down.
@@ -108,10 +170,13 @@ pub async fn run(args: Args, process: Process) -> Result<(), Error> {
         directories,
     } = args;
     let directories = directories.allowed();
-    let store = tokio::task::spawn_blocking(move || store::Store::open(&store, keep_versions))
-        .await
-        .expect("the store task does not panic")
-        .map_err(Error::OpenStore)?;
+    let span = tracing::info_span!("open_store", path = %store.display());
+    let store = tokio::task::spawn_blocking(move || {
+        span.in_scope(|| store::Store::open(&store, keep_versions))
+    })
+    .await
+    .expect("the store task does not panic")
+    .map_err(Error::OpenStore)?;
     let channel = client::channel(&version_watcher, &client_tls).map_err(Error::VersionWatcher)?;
     let origins = origin::Origins::new(store.clone(), max_version_bytes, directories.clone());
     let metrics = metrics::Metrics::register(&process.registry);

@@ -1,6 +1,6 @@
 //! The repository's Prometheus metrics, served on the admin listener's `/metrics`.
 
-use autocrane_api::runtime::admin::{SharedRegistry, latency_buckets};
+use autocrane_runtime::admin::{SharedRegistry, latency_buckets};
 use prometheus_client::metrics::{counter::Counter, histogram::Histogram};
 
 /// Counters and timings of syncs and fetches.

@@ -11,7 +11,7 @@ use std::{
 };
 
 use autocrane_api::proto::version_v1::{self as vpb, source_spec::Upstream};
-use autocrane_api::runtime::local_dirs::AllowedDirectories;
+use autocrane_runtime::upstream::local_dirs::AllowedDirectories;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
@@ -25,7 +25,7 @@ use crate::{
 /// How long one HTTP download may take.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(600);
 
-type HttpsClient = Client<autocrane_api::runtime::upstream_http::UpstreamConnector, Empty<Bytes>>;
+type HttpsClient = Client<autocrane_runtime::upstream::http::UpstreamConnector, Empty<Bytes>>;
 
 /// Fetches versions from origins.
 #[derive(Clone, Debug)]
@@ -41,7 +41,7 @@ impl Origins {
     /// sources only from under `directories`.
     pub fn new(store: Store, max_version_bytes: u64, directories: AllowedDirectories) -> Self {
         let client = Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build(autocrane_api::runtime::upstream_http::connector());
+            .build(autocrane_runtime::upstream::http::connector());
         Self {
             store,
             client,
@@ -100,7 +100,9 @@ impl Origins {
                         git.r#ref.clone()
                     }
                 });
+                let span = tracing::info_span!("git_archive");
                 tokio::task::spawn_blocking(move || {
+                    let _entered = span.enter();
                     git_fetch(&mirror, &git.url, &commit, &fetch_ref)?;
                     let mut stager = Stager::new(dir, limit).with_store_blobs(blobs);
                     git_archive(&mirror, &commit, &git.path, &mut stager)?;
@@ -113,7 +115,9 @@ impl Origins {
                 let archive = dir.join(".archive");
                 self.download(&http.url, &archive, &version.digest, limit)
                     .await?;
+                let span = tracing::info_span!("extract_archive");
                 tokio::task::spawn_blocking(move || {
+                    let _entered = span.enter();
                     let mut stager = Stager::new(dir, limit).with_store_blobs(blobs);
                     extract_archive(&mut stager, &archive)?;
                     let _ = std::fs::remove_file(&archive);
@@ -133,7 +137,9 @@ impl Origins {
                 self.directories
                     .check(&root)
                     .map_err(StageError::Rejected)?;
+                let span = tracing::info_span!("copy_directory");
                 tokio::task::spawn_blocking(move || {
+                    let _entered = span.enter();
                     let mut stager = Stager::new(dir, limit).with_store_blobs(blobs);
                     stage::add_directory(&mut stager, &root)?;
                     stager.finish()

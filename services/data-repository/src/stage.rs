@@ -9,10 +9,9 @@ use std::{
     path::PathBuf,
 };
 
-use crate::{
-    store::{FileRecord, Staged},
-    tree::{self, TreeError},
-};
+use autocrane_api::manifest::{self, TreeError};
+
+use crate::store::{FileRecord, Staged};
 
 /// Why a version could not be staged.
 #[derive(Debug, thiserror::Error)]
@@ -83,7 +82,7 @@ impl Stager {
         mode: u32,
         content: impl Read,
     ) -> Result<(), StageError> {
-        let path = tree::normalize_path(raw_path)?;
+        let path = manifest::normalize_path(raw_path)?;
         let remaining = self.limit - self.total;
         let mut limited = content.take(remaining + 1);
         let tmp = self.dir.join(format!(".part-{}", self.files.len()));
@@ -109,7 +108,7 @@ impl Stager {
             out.write_all(&buf[..n])
                 .map_err(|e| StageError::Io(format!("writing {}: {e}", tmp.display())))?;
         }
-        let hex = tree::hex(hasher.finish().as_ref());
+        let hex = manifest::hex(hasher.finish().as_ref());
         let blob = self.dir.join(&hex);
         let stored = self
             .blobs
@@ -128,7 +127,7 @@ impl Stager {
         self.total += size;
         self.files.push(FileRecord {
             path,
-            mode: tree::normalize_mode(mode),
+            mode: manifest::normalize_mode(mode),
             size,
             digest: format!("sha256:{hex}"),
             symlink_target: String::new(),
@@ -138,7 +137,7 @@ impl Stager {
 
     /// Adds a symbolic link (checked against the whole tree in [`Stager::finish`]).
     pub fn add_symlink(&mut self, raw_path: &str, target: &str) -> Result<(), StageError> {
-        let path = tree::normalize_path(raw_path)?;
+        let path = manifest::normalize_path(raw_path)?;
         if target.is_empty() {
             return Err(StageError::Rejected(format!(
                 "symlink {path:?}: the target is empty"
@@ -156,7 +155,7 @@ impl Stager {
 
     /// Checks a directory entry's path (directories themselves are implied by the files).
     pub fn add_dir(&mut self, raw_path: &str) -> Result<(), StageError> {
-        match tree::normalize_path(raw_path) {
+        match manifest::normalize_path(raw_path) {
             Ok(_) => Ok(()),
             // The archive's root directory (`./`) is harmless.
             Err(TreeError::BadPath {
@@ -178,7 +177,7 @@ impl Stager {
     pub fn finish(mut self) -> Result<Staged, StageError> {
         self.files.sort_by(|a, b| a.path.cmp(&b.path));
         let entries: Vec<_> = self.files.iter().map(FileRecord::to_proto).collect();
-        tree::check_tree(&entries)?;
+        manifest::check_tree(&entries)?;
         Ok(Staged {
             dir: self.dir,
             files: self.files,

@@ -16,7 +16,6 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashSet},
     fs,
-    io::Write,
     path::{Path, PathBuf},
     sync::{Arc, Mutex, MutexGuard},
     time::SystemTime,
@@ -27,7 +26,7 @@ use prost::Message;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::tree::{hex, sha256_digest};
+use autocrane_api::manifest::{hex, sha256_digest};
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -181,28 +180,14 @@ fn timestamp(ms: i64) -> prost_types::Timestamp {
     }
 }
 
-/// Writes `bytes` to `path` durably: temp file in the same directory, fsync, rename, fsync dir.
+/// Writes `bytes` to `path` durably ([`autocrane_runtime::fs::write_atomic`]).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(io("creating", dir))?;
-    let tmp = dir.join(format!(
-        ".tmp-{}-{}",
-        std::process::id(),
-        rand::random::<u64>()
-    ));
-    let mut file = fs::File::create(&tmp).map_err(io("creating", &tmp))?;
-    file.write_all(bytes).map_err(io("writing", &tmp))?;
-    file.sync_all().map_err(io("syncing", &tmp))?;
-    drop(file);
-    fs::rename(&tmp, path).map_err(io("renaming", path))?;
-    sync_dir(dir)
+    autocrane_runtime::fs::write_atomic(path, bytes).map_err(io("writing", path))
 }
 
 /// fsyncs a directory so that renames into it are durable.
 pub fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io("syncing", dir))
+    autocrane_runtime::fs::sync_dir(dir).map_err(io("syncing", dir))
 }
 
 impl Store {
@@ -520,7 +505,7 @@ impl Store {
             version: version.to_string(),
             seq: inner.next_seq,
             synced_at_ms: now_ms(),
-            manifest_digest: crate::tree::manifest_digest(
+            manifest_digest: autocrane_api::manifest::manifest_digest(
                 id,
                 version,
                 &staged

@@ -7,9 +7,10 @@ use autocrane_api::proto::data_v1::{self as pb, fetch_response::Payload};
 use tokio_stream::StreamExt;
 
 mod common;
-use common::{
-    GitRepo, HttpOrigin, Stack, file, git_spec, gzip, http_spec, noise, raw_tar, symlink,
+use autocrane_test_support::{
+    GitRepo, HttpOrigin, eventually, file, gzip, noise, raw_tar, symlink,
 };
+use common::{Api, Stack, dir_spec, git_spec, http_spec};
 
 /// Reads a whole Fetch stream: (blobs in order, content bytes).
 async fn fetch_all(
@@ -313,10 +314,10 @@ async fn killed_mid_ingest_no_partial_version_is_listed_and_the_sync_completes_a
         std::fs::write(source.join(format!("v1/f{n:03}.bin")), noise(n, 256 << 10)).unwrap();
     }
     let mut stack = Stack::start(dir.path(), &[]).await;
-    let id = stack.track(common::dir_spec(&source)).await;
+    let id = stack.track(dir_spec(&source)).await;
     // SIGKILL while the version is being staged.
     let staging = stack.store.join("tmp");
-    let stage_dir = common::eventually(
+    let stage_dir = eventually(
         Duration::from_secs(30),
         "the ingest to be under way",
         || {
@@ -385,7 +386,7 @@ async fn directory_sources_outside_the_allowed_directories_are_refused_and_nothi
             .repository()
             .await
             .track_source(pb::TrackSourceRequest {
-                source: Some(common::dir_spec(outside)),
+                source: Some(dir_spec(outside)),
             })
             .await
             .unwrap_err();

@@ -9,8 +9,7 @@ use autocrane_data_repository::{
     store::Store,
 };
 
-mod common;
-use common::{file, gzip, noise, raw_tar, symlink};
+use autocrane_test_support::{file, gzip, noise, raw_tar, symlink};
 
 fn stage(store: &Store, files: &[(&str, Vec<u8>)]) -> autocrane_data_repository::store::Staged {
     let mut stager = Stager::new(store.staging_dir().unwrap(), 1 << 30);

@@ -7,9 +7,12 @@
 //! Everything runs on 127.0.0.1 against a real `docker-registry`, bounded in count and time:
 //!
 //! 1. Baseline: the raw round trip of `GET /v2/<name>/tags/list` (what one probe costs at least).
-//! 2. Publish-to-event latency, p50/p99, measured from the start of the manifest PUT to the watch
-//!    message announcing the tag: with registry notifications → webhook, and with 1 s polling
-//!    (pushes at random phases of the poll cycle). Prints both and their ratio.
+//! 2. Publish-to-event latency, p50/p99/worst, measured from the start of the manifest PUT to the
+//!    watch message announcing the tag: with registry notifications → webhook, and with 1 s
+//!    polling (pushes at random phases of the poll cycle). Prints both and their ratio, and checks
+//!    the webhook's claim: every push announced in under 1 s (the tests only check that the event
+//!    arrives without a poll; a wall-clock bound is this benchmark's figure, beside the manifest
+//!    PUT's own round trip and the poll interval measured in the same run).
 //! 3. 1,000 sources (1,000 repositories in one registry) polled every 10 s: CPU time and RSS of
 //!    this process (the watcher runs in-process; the benchmark client only holds one stream and
 //!    is idle during the window), probes per second from the watcher's own metrics.
@@ -120,7 +123,7 @@ async fn push_latency(
     latencies
 }
 
-fn probes_total(registry: &autocrane_api::runtime::admin::SharedRegistry) -> f64 {
+fn probes_total(registry: &autocrane_runtime::admin::SharedRegistry) -> f64 {
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry.lock().unwrap()).unwrap();
     text.lines()
@@ -148,13 +151,13 @@ async fn main() {
     let state = tempfile::tempdir().unwrap();
     let grpc: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let webhook: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let (trigger, shutdown) = autocrane_api::runtime::shutdown::Shutdown::new();
-    let process = autocrane_api::runtime::process::Process::new(shutdown);
+    let (trigger, shutdown) = autocrane_runtime::shutdown::Shutdown::new();
+    let process = autocrane_runtime::process::Process::new(shutdown);
     let metrics = process.registry.clone();
     let args = autocrane_version_watcher::Args {
-        server: autocrane_api::runtime::args::ServerArgs::local(grpc),
+        server: autocrane_runtime::args::ServerArgs::local(grpc),
         state_dir: state.path().to_path_buf(),
-        webhook_listen: autocrane_api::runtime::args::OptionalAddr(Some(webhook)),
+        webhook_listen: autocrane_runtime::args::OptionalAddr(Some(webhook)),
         webhook_token: None,
         registry_credentials: None,
         upstream_rate: 1000.0,
@@ -226,10 +229,23 @@ async fn main() {
     );
     let hook_p50 = percentile(&mut hook, 0.5);
     let hook_p99 = percentile(&mut hook, 0.99);
+    let hook_worst = percentile(&mut hook, 1.0);
     println!(
-        "publish→event with webhook ({latency_samples} pushes): p50 {} p99 {}",
+        "publish→event with webhook ({latency_samples} pushes): p50 {} p99 {} worst {}",
         ms(hook_p50),
-        ms(hook_p99)
+        ms(hook_p99),
+        ms(hook_worst)
+    );
+    let bound = Duration::from_secs(1);
+    println!(
+        "claim: a notified push reaches watchers in under {bound:?}: {} (worst {}, {:.1}x the manifest PUT p50)",
+        if hook_worst < bound {
+            "holds"
+        } else {
+            "DOES NOT HOLD"
+        },
+        ms(hook_worst),
+        hook_worst.as_secs_f64() / percentile(&mut puts, 0.5).as_secs_f64()
     );
     drop(stream);
 

@@ -4,7 +4,7 @@
 use std::{collections::HashSet, pin::Pin, sync::Arc, time::Duration};
 
 use autocrane_api::proto::version_v1::{self as pb, version_watcher_server::VersionWatcher};
-use autocrane_api::runtime::local_dirs::AllowedDirectories;
+use autocrane_runtime::upstream::local_dirs::AllowedDirectories;
 use futures::Stream;
 use tokio::sync::broadcast::error::RecvError;
 use tonic::{Request, Response, Status};

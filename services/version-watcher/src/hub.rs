@@ -15,7 +15,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use autocrane_api::runtime::shutdown::Shutdown;
+use autocrane_runtime::shutdown::Shutdown;
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
@@ -161,10 +161,10 @@ pub struct Metrics {
 
 impl Metrics {
     /// Registers the metrics in `registry`.
-    pub fn register(registry: &autocrane_api::runtime::admin::SharedRegistry) -> Self {
+    pub fn register(registry: &autocrane_runtime::admin::SharedRegistry) -> Self {
         let metrics = Self {
             probes: Family::default(),
-            probe_seconds: Histogram::new(autocrane_api::runtime::admin::latency_buckets()),
+            probe_seconds: Histogram::new(autocrane_runtime::admin::latency_buckets()),
             events: Family::default(),
             sources: Gauge::default(),
             persist_failures: Counter::default(),

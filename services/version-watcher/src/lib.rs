@@ -23,17 +23,15 @@ pub mod store;
 pub mod upstream;
 pub mod webhook;
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
-use autocrane_api::{
-    proto::version_v1::version_watcher_server::VersionWatcherServer,
-    runtime::{
-        RuntimeError,
-        args::{OptionalAddr, ServerArgs},
-        local_dirs::LocalDirectoryArgs,
-        process::Process,
-        server::GrpcServer,
-    },
+use autocrane_api::proto::version_v1::version_watcher_server::VersionWatcherServer;
+use autocrane_runtime::{
+    RuntimeError,
+    args::{OptionalAddr, ServerArgs, parse_optional_addr},
+    process::Process,
+    server::GrpcServer,
+    upstream::local_dirs::LocalDirectoryArgs,
 };
 
 /// Flags of `autocrane version-watcher`.
@@ -85,15 +83,6 @@ pub struct Args {
     pub directories: LocalDirectoryArgs,
 }
 
-fn parse_optional_addr(text: &str) -> Result<OptionalAddr, String> {
-    if text.eq_ignore_ascii_case("off") {
-        return Ok(OptionalAddr(None));
-    }
-    text.parse::<SocketAddr>()
-        .map(|addr| OptionalAddr(Some(addr)))
-        .map_err(|err| format!("expected HOST:PORT or `off`: {err}"))
-}
-
 /// Errors of the component.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -107,14 +96,8 @@ pub enum Error {
     #[error("loading registry credentials")]
     LoadCredentials(#[source] upstream::oci::CredentialsError),
     /// The webhook listener could not bind.
-    #[error("binding the webhook listener on {addr}")]
-    BindWebhook {
-        /// The address.
-        addr: SocketAddr,
-        /// The cause.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("starting the webhook listener")]
+    BindWebhook(#[source] RuntimeError),
 }
 
 /// Runs the component until the process shuts down.
@@ -159,7 +142,7 @@ pub async fn run(args: Args, process: Process) -> Result<(), Error> {
     if let OptionalAddr(Some(addr)) = webhook_listen {
         let (_, serve) = webhook::bind(addr, hub.clone(), webhook_token)
             .await
-            .map_err(|source| Error::BindWebhook { addr, source })?;
+            .map_err(Error::BindWebhook)?;
         tokio::spawn(serve);
     }
     let grpc =

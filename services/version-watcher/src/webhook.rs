@@ -14,13 +14,13 @@
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc};
 
+use autocrane_runtime::{RuntimeError, server::bind_listener};
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::{body::Incoming, service::service_fn};
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
-use tokio::net::TcpListener;
 
 use crate::hub::Hub;
 
@@ -95,9 +95,8 @@ pub async fn bind(
     addr: SocketAddr,
     hub: Arc<Hub>,
     token: Option<String>,
-) -> std::io::Result<(SocketAddr, impl std::future::Future<Output = ()>)> {
-    let listener = TcpListener::bind(addr).await?;
-    let local = listener.local_addr()?;
+) -> Result<(SocketAddr, impl std::future::Future<Output = ()>), RuntimeError> {
+    let (listener, local) = bind_listener(addr, "--webhook-listen").await?;
     let shutdown = hub.shutdown().clone();
     let token = Arc::new(token);
     let serve = async move {

@@ -6,6 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use autocrane_api::proto::version_v1 as pb;
+use autocrane_test_support::{GitServer, git};
 use common::*;
 use pb::VersionEventKind as Kind;
 
@@ -31,7 +32,7 @@ fn git_spec(
 
 #[tokio::test]
 async fn a_new_commit_reaches_a_watcher_by_polling() {
-    let server = GitServer::start().await;
+    let server = GitServer::start();
     let (url, work) = server.create_repo("app");
     let first_commit = git(&work, &["rev-parse", "HEAD"]);
     let state = tempfile::tempdir().unwrap();
@@ -64,7 +65,7 @@ async fn a_new_commit_reaches_a_watcher_by_polling() {
 
 #[tokio::test]
 async fn a_hook_call_delivers_a_new_commit_at_once() {
-    let server = GitServer::start().await;
+    let server = GitServer::start();
     let (url, work) = server.create_repo("data");
     let state = tempfile::tempdir().unwrap();
     let watcher = InProcess::start(state.path()).await;
@@ -101,7 +102,7 @@ async fn a_hook_call_delivers_a_new_commit_at_once() {
 
 #[tokio::test]
 async fn a_new_tag_reaches_a_watcher_by_semver() {
-    let server = GitServer::start().await;
+    let server = GitServer::start();
     let (url, work) = server.create_repo("lib");
     server.tag_and_push(&work, "v1.0.0");
     let state = tempfile::tempdir().unwrap();

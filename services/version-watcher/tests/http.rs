@@ -3,53 +3,32 @@
 
 mod common;
 
-use std::{
-    process::{Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::process::Command;
 
 use autocrane_api::proto::version_v1 as pb;
 use common::*;
 
-struct Server(std::process::Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test]
 async fn a_json_field_is_the_version_and_a_probe_sees_a_change() {
-    let python = require_tool("python3", "apt-get install -y python3");
+    let python = system_tool("python3");
     let site = tempfile::tempdir().unwrap();
     std::fs::write(site.path().join("release.json"), r#"{"version": "1.0.0"}"#).unwrap();
     let port = free_port();
-    let _server = Server(
-        Command::new(python)
-            .args([
-                "-m",
-                "http.server",
-                "--bind",
-                "127.0.0.1",
-                &port.to_string(),
-                "--directory",
-            ])
-            .arg(site.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting python3 -m http.server"),
-    );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "http.server did not come up");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let mut server = Command::new(python);
+    server
+        .args([
+            "-m",
+            "http.server",
+            "--bind",
+            "127.0.0.1",
+            &port.to_string(),
+            "--directory",
+        ])
+        .arg(site.path());
+    let _server = Running::builder(server)
+        .log_to(site.path().with_extension("log"))
+        .start();
+    accepting(([127, 0, 0, 1], port).into()).await;
 
     let state = tempfile::tempdir().unwrap();
     let watcher = InProcess::start(state.path()).await;

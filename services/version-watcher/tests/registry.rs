@@ -1,6 +1,6 @@
 //! Against a real OCI registry (Debian `docker-registry`, tags pushed over its HTTP API): pushed
-//! tags reach watchers by polling and, with registry notifications, in well under a second;
-//! quarantine; failure and recovery; bad specs.
+//! tags reach watchers by polling and, with registry notifications, without waiting for a poll
+//! (how fast is `examples/bench.rs`'s figure); quarantine; failure and recovery; bad specs.
 
 mod common;
 
@@ -52,7 +52,7 @@ async fn a_pushed_tag_reaches_a_watcher_by_polling() {
 }
 
 #[tokio::test]
-async fn a_registry_notification_delivers_a_push_in_under_a_second() {
+async fn a_registry_notification_delivers_a_push_without_waiting_for_a_poll() {
     let state = tempfile::tempdir().unwrap();
     let watcher = InProcess::start(state.path()).await;
     let registry =
@@ -60,27 +60,31 @@ async fn a_registry_notification_delivers_a_push_in_under_a_second() {
     let mut client = watcher.client().await;
     registry.push_tag("acme/web", "1.0.0").await;
 
-    // An hour between polls: only the notification can explain a fast event.
+    // An hour between polls: within the (generous) deadline only the notification can deliver.
+    // The push-to-event latency is `examples/bench.rs`'s figure, beside its baselines.
     let spec = oci_spec(&registry.url(), "acme/web", semver_any(), 3600);
     let mut stream = watch(&mut client, vec![spec], "").await;
     let first = next(&mut stream, Duration::from_secs(10)).await;
     assert_eq!(current_name(&first).as_deref(), Some("1.0.0"));
 
-    let mut worst = Duration::ZERO;
     for version in ["1.0.1", "1.0.2", "1.0.3"] {
-        let (_, pushed) = registry.publish("acme/web", version).await;
-        until(&mut stream, Duration::from_secs(5), |m| {
+        let (digest, pushed) = registry.publish("acme/web", version).await;
+        let messages = until(&mut stream, Duration::from_secs(60), |m| {
             has_event(m, Kind::Discovered, version)
         })
         .await;
-        let latency = pushed.elapsed();
-        println!("push of {version} → watch event: {latency:?}");
-        worst = worst.max(latency);
+        println!("push of {version} → watch event: {:?}", pushed.elapsed());
+        let last = messages.last().unwrap();
+        assert_eq!(current_name(last).as_deref(), Some(version));
+        let discovered = last
+            .events
+            .iter()
+            .find(|e| e.kind == Kind::Discovered as i32)
+            .and_then(|e| e.version.as_ref())
+            .unwrap();
+        assert_eq!(discovered.name, version);
+        assert_eq!(discovered.digest, digest, "the pushed image is announced");
     }
-    assert!(
-        worst < Duration::from_secs(1),
-        "push-to-event latency {worst:?} is not under 1 s"
-    );
     watcher.stop().await;
 }
 
@@ -236,8 +240,14 @@ async fn a_stopped_registry_shows_failing_and_recovers_by_itself() {
         "the current version stays while failing"
     );
 
-    // Let the back-off grow a little, then bring the registry back: recovery needs no one.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Let the back-off grow (a second failed probe), then bring the registry back: recovery
+    // needs no one.
+    eventually(Duration::from_secs(30), "a second failed probe", || {
+        let spec = oci_spec(&registry.url(), "acme/app", semver_any(), 1);
+        let status = status_of(client.clone(), spec);
+        async move { (status.await?.consecutive_failures >= 2).then_some(()) }
+    })
+    .await;
     registry.restart().await;
     registry.push_tag("acme/app", "1.0.1").await;
     let restarted = Instant::now();

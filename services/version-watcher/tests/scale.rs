@@ -46,8 +46,25 @@ async fn five_thousand_tags_are_handled_with_bounded_memory() {
             .starts_with("sha256:")
     );
 
-    // Several polls later (1 s interval), page through every version.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Several polls later (1 s interval), page through every version: the peak RSS below then
+    // covers repeated polls of the 5,000 tags, not the first probe alone.
+    let first_probe = source
+        .status
+        .as_ref()
+        .unwrap()
+        .last_probe_at
+        .unwrap()
+        .seconds;
+    eventually(
+        Duration::from_secs(60),
+        "three more polls of the 5,000 tags",
+        || {
+            let spec = oci_spec(&registry.url(), "acme/big", semver_any(), 1);
+            let status = status_of(client.clone(), spec);
+            async move { (status.await?.last_probe_at?.seconds >= first_probe + 3).then_some(()) }
+        },
+    )
+    .await;
     let mut names = Vec::new();
     let mut token = String::new();
     let listed = Instant::now();

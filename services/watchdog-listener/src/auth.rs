@@ -19,7 +19,7 @@ use k8s_openapi::api::{
 };
 use kube::{Api, Client, api::PostParams};
 
-use crate::{Error, kube::PodKey};
+use crate::{Error, pods::PodKey};
 
 /// The TokenReview extra key naming the pod a token is bound to.
 pub const POD_NAME_EXTRA: &str = "authentication.kubernetes.io/pod-name";

@@ -9,9 +9,8 @@ use std::{io::Write, path::PathBuf, time::Duration};
 use autocrane_api::{
     duration::Duration as HumanDuration,
     proto::watchdog_v1::{self as pb, watchdog_listener_client::WatchdogListenerClient},
-    runtime::{args::ClientTlsArgs, client},
 };
-use chrono::DateTime;
+use autocrane_runtime::{args::ClientTlsArgs, client};
 use futures::StreamExt;
 use serde_json::{Value, json};
 use tonic::Request;
@@ -63,14 +62,26 @@ pub struct ConnectArgs {
     #[arg(short = 'o', long, env = "AUTOCRANE_OUTPUT", value_enum, default_value_t = Output::Text, global = true)]
     pub output: Output,
 
-    /// Deadline of each unary call, in seconds.
+    /// Deadline of each unary call (`10s`, `500ms`, `1m`).
+    #[arg(
+        long,
+        env = "AUTOCRANE_WATCHDOG_TIMEOUT",
+        value_name = "DURATION",
+        default_value = "10s",
+        global = true
+    )]
+    pub timeout: autocrane_api::duration::Duration,
+
+    /// The old spelling of --timeout, in seconds (hidden; still accepted).
     #[arg(
         long,
         env = "AUTOCRANE_WATCHDOG_TIMEOUT_SECS",
-        default_value_t = 10,
-        global = true
+        value_name = "SECS",
+        hide = true,
+        global = true,
+        conflicts_with = "timeout"
     )]
-    pub timeout_secs: u64,
+    pub timeout_secs: Option<u64>,
 
     /// TLS towards https:// servers.
     #[command(flatten)]
@@ -220,8 +231,8 @@ fn call_error(rpc: &'static str) -> impl Fn(tonic::Status) -> Error {
 }
 
 fn time_text(time: Option<&prost_types::Timestamp>) -> String {
-    time.and_then(|t| DateTime::from_timestamp(t.seconds, 0))
-        .map(crate::annotation::format_time)
+    time.and_then(|t| jiff::Timestamp::from_second(t.seconds).ok())
+        .map(autocrane_api::watchdog::format_time)
         .unwrap_or_default()
 }
 
@@ -324,6 +335,7 @@ pub async fn run(args: WatchdogArgs) -> Result<(), Error> {
         token_file: _,
         no_token: _,
         output,
+        timeout,
         timeout_secs,
         tls,
     } = connect.clone();
@@ -333,7 +345,7 @@ pub async fn run(args: WatchdogArgs) -> Result<(), Error> {
         source,
     })?;
     let mut grpc = WatchdogListenerClient::new(channel);
-    let timeout = Duration::from_secs(timeout_secs);
+    let timeout = timeout_secs.map_or(timeout.as_std(), Duration::from_secs);
     let token = token.as_deref();
     match command {
         WatchdogCommand::Post {
@@ -505,6 +517,36 @@ mod tests {
     #[test]
     fn flags_are_consistent() {
         Probe::command().debug_assert();
+    }
+
+    #[test]
+    fn the_call_timeout_takes_a_duration_or_the_old_seconds() {
+        let timeout = |args: &[&str]| {
+            Probe::try_parse_from(["x", "get", "--pod", "shop/web-0"].iter().chain(args)).map(|p| {
+                let ConnectArgs {
+                    timeout,
+                    timeout_secs,
+                    ..
+                } = p.args.connect;
+                timeout_secs.map_or(timeout.as_std(), Duration::from_secs)
+            })
+        };
+        assert_eq!(timeout(&[]).unwrap(), Duration::from_secs(10));
+        assert_eq!(
+            timeout(&["--timeout", "1500ms"]).unwrap(),
+            Duration::from_millis(1500)
+        );
+        assert_eq!(
+            timeout(&["--timeout-secs", "3"]).unwrap(),
+            Duration::from_secs(3)
+        );
+        assert!(timeout(&["--timeout", "3"]).is_err(), "a unit is required");
+        let help = Probe::command().render_long_help().to_string();
+        assert!(help.contains("--timeout <DURATION>"), "{help}");
+        assert!(
+            !help.contains("--timeout-secs"),
+            "the old spelling is hidden"
+        );
     }
 
     #[test]

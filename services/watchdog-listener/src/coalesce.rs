@@ -8,14 +8,13 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use autocrane_api::keys::watchdog_annotation;
-use chrono::{DateTime, SubsecRound, Timelike, Utc};
-
-use crate::{
-    annotation::{Level, Watchdog, format_value, parse_value},
-    rollup::{Health, rollup, watchdog_name},
-    validate::{Invalid, MAX_WATCHDOGS_PER_POD, too_many_watchdogs},
+use autocrane_api::{
+    keys::watchdog_annotation,
+    watchdog::{Health, Level, Watchdog, format_value, parse_value, rollup, watchdog_name},
 };
+use jiff::{SignedDuration, Timestamp};
+
+use crate::validate::{Invalid, MAX_WATCHDOGS_PER_POD, too_many_watchdogs};
 
 /// One requested change to a pod's watchdogs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -60,12 +59,13 @@ impl Plan {
 
 /// When a watchdog posted at `now` with `ttl` stops counting: rounded up to the whole second the
 /// annotation can hold, so a status counts at least its TTL.
-pub fn expiry(now: DateTime<Utc>, ttl: Duration) -> DateTime<Utc> {
-    let exact = now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
-    if exact.nanosecond() == 0 {
+pub fn expiry(now: Timestamp, ttl: Duration) -> Timestamp {
+    let ttl = SignedDuration::try_from(ttl).unwrap_or(SignedDuration::MAX);
+    let exact = now.saturating_add(ttl).unwrap_or(Timestamp::MAX);
+    if exact.subsec_nanosecond() == 0 {
         exact
     } else {
-        exact.trunc_subsecs(0) + chrono::Duration::seconds(1)
+        Timestamp::from_second(exact.as_second().saturating_add(1)).unwrap_or(Timestamp::MAX)
     }
 }
 
@@ -74,7 +74,7 @@ pub fn plan(
     annotations: &BTreeMap<String, String>,
     label: Option<&str>,
     ops: &[Op],
-    now: DateTime<Utc>,
+    now: Timestamp,
 ) -> Plan {
     // The watchdog annotations after the window, by key; unparseable ones are left alone.
     let before: BTreeMap<&str, &str> = annotations
@@ -126,7 +126,7 @@ pub fn plan(
                                 name: name.clone(),
                                 level: *level,
                                 message: message.clone(),
-                                updated_at: now.trunc_subsecs(0),
+                                updated_at: Timestamp::from_second(now.as_second()).unwrap_or(now),
                                 expires_at: ttl.map(|ttl| expiry(now, ttl)),
                             };
                             after.insert(key, format_value(&watchdog));
@@ -176,10 +176,9 @@ pub fn plan(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::TimeZone;
 
-    fn at(secs: i64) -> DateTime<Utc> {
-        Utc.timestamp_opt(1_795_000_000 + secs, 0).unwrap()
+    fn at(secs: i64) -> Timestamp {
+        Timestamp::from_second(1_795_000_000 + secs).unwrap()
     }
 
     fn set(name: &str, level: Level, message: &str) -> Op {
@@ -309,7 +308,7 @@ mod tests {
 
     #[test]
     fn expiry_rounds_up_to_the_second_and_updated_at_down() {
-        let now = at(0) + chrono::Duration::milliseconds(900);
+        let now = at(0) + SignedDuration::from_millis(900);
         assert_eq!(expiry(now, Duration::from_secs(1)), at(2));
         assert_eq!(expiry(at(0), Duration::from_secs(1)), at(1));
         let op = Op::Set {

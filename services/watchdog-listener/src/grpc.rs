@@ -5,15 +5,11 @@ use std::{pin::Pin, sync::Arc};
 
 use autocrane_api::{
     proto::watchdog_v1::{self as pb, watchdog_listener_server::WatchdogListener},
-    runtime::shutdown::Shutdown,
+    watchdog::{Health, Level, PodHealth, Watchdog},
 };
-use chrono::{DateTime, Utc};
-use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::Pod;
-use kube::{
-    Api, ResourceExt,
-    runtime::{WatchStreamExt, watcher},
-};
+use autocrane_runtime::shutdown::Shutdown;
+use futures::Stream;
+use jiff::Timestamp;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, metadata::MetadataMap};
@@ -21,13 +17,13 @@ use tracing::Instrument;
 
 use crate::{
     Error,
-    annotation::{Level, Watchdog},
     auth::{Authorizer, Verb},
     coalesce::Op,
-    kube::{PodKey, Pods, is_status, pod_health},
-    rollup::{Health, PodHealth},
+    index::PodIndex,
+    pods::{PodKey, Pods, pod_health},
+    selector::LabelSelector,
     validate::{self, Invalid},
-    watch::{StreamState, Update},
+    watch::{Scope, StreamState, Update},
     writer::Writer,
 };
 
@@ -61,9 +57,9 @@ pub fn bearer(metadata: &MetadataMap) -> Option<&str> {
     (!token.is_empty()).then_some(token)
 }
 
-fn timestamp(time: DateTime<Utc>) -> prost_types::Timestamp {
+fn timestamp(time: Timestamp) -> prost_types::Timestamp {
     prost_types::Timestamp {
-        seconds: time.timestamp(),
+        seconds: time.as_second(),
         nanos: 0,
     }
 }
@@ -141,28 +137,13 @@ fn level_from_proto(value: i32) -> Result<Level, Invalid> {
     }
 }
 
-/// A selector the API server rejected is the caller's mistake.
-fn list_error(namespace: &str, err: kube::Error) -> Error {
-    if is_status(&err, 400) {
-        return Error::Invalid(Invalid {
-            field: "label_selector",
-            reason: match &err {
-                kube::Error::Api(status) => status.message.clone(),
-                other => other.to_string(),
-            },
-        });
-    }
-    Error::ListPods {
-        namespace: namespace.to_string(),
-        source: err,
-    }
-}
-
 /// Shared state of the handlers.
 #[derive(Debug)]
 pub struct State {
-    /// Pod reads.
+    /// Pod reads (GetPodHealth, ListPodHealth: straight from the API server).
     pub pods: Pods,
+    /// The pod index the watch streams are fed from.
+    pub index: PodIndex,
     /// The write path.
     pub writer: Writer,
     /// Authentication and authorization.
@@ -242,17 +223,8 @@ impl WatchdogListener for Service {
                 .auth
                 .check(token.as_deref(), Verb::Get, &key.namespace, None)
                 .await?;
-            match self.state.pods.get(&key).await {
-                Ok(Some(pod)) => Ok(pod_health(&pod, Utc::now())),
-                Ok(None) => Err(Error::PodNotFound {
-                    namespace: key.namespace,
-                    name: key.name,
-                }),
-                Err(err) => Err(Error::ReadPod {
-                    pod: key.to_string(),
-                    source: Arc::new(err),
-                }),
-            }
+            let pod = self.state.pods.read(&key).await?;
+            Ok(pod_health(&pod, Timestamp::now()))
         }
         .await;
         let health = result.map_err(status)?;
@@ -276,18 +248,17 @@ impl WatchdogListener for Service {
                 .auth
                 .check(token.as_deref(), Verb::List, &req.namespace, None)
                 .await?;
-            let list = self
+            let (items, next_page_token) = self
                 .state
                 .pods
                 .list(&req.namespace, &req.label_selector, limit, &req.page_token)
-                .await
-                .map_err(|err| list_error(&req.namespace, err))?;
-            let now = Utc::now();
-            let mut pods: Vec<PodHealth> = list.items.iter().map(|p| pod_health(p, now)).collect();
+                .await?;
+            let now = Timestamp::now();
+            let mut pods: Vec<PodHealth> = items.iter().map(|p| pod_health(p, now)).collect();
             pods.sort_by(|a, b| a.name.cmp(&b.name));
             Ok::<_, Error>(pb::ListPodHealthResponse {
                 pods: pods.iter().map(pod_health_to_proto).collect(),
-                next_page_token: list.metadata.continue_.unwrap_or_default(),
+                next_page_token,
             })
         }
         .await;
@@ -339,95 +310,79 @@ impl WatchdogListener for Service {
                 .auth
                 .check(token.as_deref(), Verb::Watch, &req.namespace, None)
                 .await?;
-            // Surface a malformed selector now, as INVALID_ARGUMENT, not as a retrying watch.
-            self.state
-                .pods
-                .list(&req.namespace, &req.label_selector, 1, "")
-                .await
-                .map_err(|err| list_error(&req.namespace, err))?;
-            Ok::<_, Error>(())
+            // A malformed selector is INVALID_ARGUMENT now, not a stream that never matches.
+            let selector = LabelSelector::parse(&req.label_selector)?;
+            if !self.state.index.covers(&req.namespace) {
+                return Err(Error::Invalid(Invalid {
+                    field: "namespace",
+                    reason: format!(
+                        "this listener follows only namespace {:?} (--watch-namespace)",
+                        self.state.index.namespace().unwrap_or_default()
+                    ),
+                }));
+            }
+            Ok::<_, Error>(selector)
         }
         .await;
-        result.map_err(status)?;
+        let selector = result.map_err(status)?;
+        let pb::WatchPodHealthRequest {
+            namespace,
+            label_selector,
+            resume_token,
+        } = req;
+        let span = tracing::info_span!("watch_stream", %namespace, selector = %label_selector);
+        let scope = Scope {
+            namespace,
+            selector,
+        };
         let (sender, receiver) = mpsc::channel(16);
         let task = feed_watch(
-            self.state.pods.client().clone(),
-            req,
+            self.state.index.clone(),
+            scope,
+            resume_token,
             sender,
             self.state.shutdown.clone(),
         );
-        tokio::spawn(task.instrument(tracing::info_span!("watch_stream")));
+        tokio::spawn(task.instrument(span));
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
     }
 }
 
-/// Feeds one WatchPodHealth stream from a Kubernetes watch of the namespace's matching pods,
-/// until the client goes away or the server shuts down (the stream then ends with OK).
+/// Feeds one WatchPodHealth stream from the pod index: the current state of the scope first, then
+/// its changes, until the client goes away or the server shuts down (the stream then ends with OK).
 async fn feed_watch(
-    client: kube::Client,
-    req: pb::WatchPodHealthRequest,
+    index: PodIndex,
+    scope: Scope,
+    resume_token: String,
     sender: mpsc::Sender<Result<pb::WatchPodHealthResponse, Status>>,
     shutdown: Shutdown,
 ) {
-    let pb::WatchPodHealthRequest {
-        namespace,
-        label_selector,
-        resume_token,
-    } = req;
-    let api: Api<Pod> = Api::namespaced(client, &namespace);
-    let mut config = watcher::Config::default();
-    if !label_selector.is_empty() {
-        config = config.labels(&label_selector);
+    tokio::select! {
+        () = shutdown.wait() => return,
+        () = sender.closed() => return,
+        () = index.ready() => {}
     }
-    let mut events = watcher(api, config).default_backoff().boxed();
+    let (pods, mut changes) = index.subscribe(Some(&scope.namespace));
     let mut state = StreamState::default();
-    let mut listing: Option<Vec<PodHealth>> = None;
-    let mut started = false;
+    let mut update = Some(state.start(scope.observe(&pods, Timestamp::now()), &resume_token));
     loop {
-        let event = tokio::select! {
-            () = shutdown.wait() => break,
-            () = sender.closed() => break,
-            event = events.next() => match event {
-                Some(event) => event,
-                None => break,
-            },
-        };
-        let update = match event {
-            Ok(watcher::Event::Init) => {
-                listing = Some(Vec::new());
-                None
-            }
-            Ok(watcher::Event::InitApply(pod)) => {
-                listing
-                    .get_or_insert_with(Vec::new)
-                    .push(pod_health(&pod, Utc::now()));
-                None
-            }
-            Ok(watcher::Event::InitDone) => {
-                let observed = listing.take().unwrap_or_default();
-                if started {
-                    state.relist(observed)
-                } else {
-                    started = true;
-                    Some(state.start(observed, &resume_token))
-                }
-            }
-            Ok(watcher::Event::Apply(pod)) if started => state.apply(pod_health(&pod, Utc::now())),
-            Ok(watcher::Event::Delete(pod)) if started => state.remove(&pod.name_any()),
-            Ok(_) => None,
-            Err(err) => {
-                tracing::warn!(error = %err, "Pod watch failed; retrying");
-                None
-            }
-        };
-        if let Some(update) = update
+        if let Some(update) = update.take()
             && sender
-                .send(Ok(update_to_proto(&namespace, update)))
+                .send(Ok(update_to_proto(&scope.namespace, update)))
                 .await
                 .is_err()
         {
             break;
         }
+        let event = tokio::select! {
+            () = shutdown.wait() => break,
+            () = sender.closed() => break,
+            event = changes.next() => match event {
+                Some(event) => event,
+                None => break,
+            },
+        };
+        update = state.on_event(&scope, event, Timestamp::now());
     }
     tracing::debug!("Watch stream ended");
 }

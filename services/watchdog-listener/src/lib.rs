@@ -6,33 +6,41 @@
 //!
 //! Data flow: `grpc` (tonic) validates (`validate`) and authorizes (`auth`, TokenReview +
 //! SubjectAccessReview) a call, then hands it to the `writer`, which batches the operations on one
-//! pod, plans one merge patch (`coalesce`, over `annotation` + `rollup`) and applies it (`kube`).
-//! Watch streams are fed by Kubernetes watches (`watch` holds each stream's state). The `prober`
-//! posts through the same writer. Sans-IO modules: `annotation`, `rollup`, `validate`, `coalesce`,
-//! `watch`.
+//! pod, plans one merge patch (`coalesce`, over the watchdog codec and rollup of
+//! `autocrane_api::watchdog`) and applies it (`pods`); on pods with the readiness gate
+//! `autocrane.io/healthy` it then brings that condition in step with the rollup (`readiness`,
+//! one `pods/status` patch at most per window).
+//! One Kubernetes watch of pods per process (`pods::feed_index`) feeds the pod `index`; the
+//! writer (expiry timers, label repair), the `prober` (targets) and every WatchPodHealth stream
+//! (`watch` holds each stream's state) subscribe to it. The `prober` posts through the same
+//! writer. Sans-IO modules: `validate`, `coalesce`, `readiness`, `selector`, `index`, `watch`.
 
-pub mod annotation;
 pub mod auth;
 pub mod cli;
 pub mod coalesce;
 pub mod grpc;
-pub mod kube;
+pub mod index;
+pub mod pods;
 pub mod prober;
-pub mod rollup;
+pub mod readiness;
+pub mod selector;
 pub mod validate;
 pub mod watch;
 pub mod writer;
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc};
 
 use autocrane_api::{
-    proto::watchdog_v1::watchdog_listener_server::WatchdogListenerServer,
-    runtime::{
-        RuntimeError, args::ServerArgs, process::Process, server::GrpcServer, shutdown::Shutdown,
-    },
+    duration::Duration, proto::watchdog_v1::watchdog_listener_server::WatchdogListenerServer,
 };
+use autocrane_runtime::{
+    RuntimeError, admin::SharedRegistry, args::ServerArgs, process::Process, server::GrpcServer,
+    shutdown::Shutdown,
+};
+use prometheus_client::metrics::counter::Counter;
+use tracing::Instrument;
 
-use crate::{auth::Authorizer, kube::Pods, prober::ProberArgs, writer::Writer};
+use crate::{auth::Authorizer, index::PodIndex, pods::Pods, prober::ProberArgs, writer::Writer};
 
 /// Flags of `autocrane watchdog-listener`.
 #[derive(clap::Args, Clone, Debug)]
@@ -61,15 +69,51 @@ pub struct Args {
 /// Flags of the write path, shared by the listener and the standalone prober.
 #[derive(clap::Args, Clone, Debug)]
 pub struct WriteArgs {
-    /// Per pod, at most one patch per this many milliseconds; posts arriving meanwhile are
+    /// Per pod, at most one patch per this window (`50ms`, `1s`); posts arriving meanwhile are
     /// written together in the next patch.
-    #[arg(long, env = "AUTOCRANE_COALESCE_WINDOW_MS", default_value_t = 50)]
-    pub coalesce_window_ms: u64,
+    #[arg(
+        long,
+        env = "AUTOCRANE_COALESCE_WINDOW",
+        value_name = "DURATION",
+        default_value = "50ms"
+    )]
+    pub coalesce_window: Duration,
+
+    /// The old spelling of --coalesce-window, in milliseconds (hidden; still accepted).
+    #[arg(
+        long,
+        env = "AUTOCRANE_COALESCE_WINDOW_MS",
+        value_name = "MS",
+        hide = true,
+        conflicts_with = "coalesce_window"
+    )]
+    pub coalesce_window_ms: Option<u64>,
 
     /// Follow (expiry timers, label repair, probe targets) only the pods of this namespace; all
     /// namespaces when unset.
     #[arg(long, env = "AUTOCRANE_WATCH_NAMESPACE")]
     pub watch_namespace: Option<String>,
+}
+
+impl WriteArgs {
+    /// Write-path flags with coalescing window `window` over all namespaces.
+    pub fn new(window: std::time::Duration) -> Self {
+        Self {
+            coalesce_window: window.into(),
+            coalesce_window_ms: None,
+            watch_namespace: None,
+        }
+    }
+
+    /// The coalescing window, from whichever spelling was given.
+    pub fn window(&self) -> std::time::Duration {
+        let Self {
+            coalesce_window,
+            coalesce_window_ms,
+            watch_namespace: _,
+        } = self;
+        coalesce_window_ms.map_or(coalesce_window.as_std(), std::time::Duration::from_millis)
+    }
 }
 
 /// Flags of `autocrane watchdog-prober`.
@@ -200,33 +244,88 @@ pub struct Running {
     pub addr: SocketAddr,
     /// The write path, for its counters.
     pub writer: Writer,
+    /// The pod index every consumer reads.
+    pub index: PodIndex,
+    /// Watch requests this listener sent to the API server
+    /// (`autocrane_watchdog_kube_watches_started_total`).
+    pub kube_watches: Counter,
     /// The server task.
     pub task: tokio::task::JoinHandle<Result<(), Error>>,
 }
 
-fn start_components(
-    args: &WriteArgs,
+/// What every mode of the process shares: one pod watch feeding the index, and the writer
+/// following it.
+struct Components {
     client: ::kube::Client,
-    shutdown: &Shutdown,
-) -> (Pods, Writer) {
-    let pods = Pods::new(client);
-    let writer = Writer::new(pods.clone(), Duration::from_millis(args.coalesce_window_ms));
-    let follower = writer.clone().follow_pods(args.watch_namespace.clone());
-    let stop = shutdown.clone();
-    tokio::spawn(async move {
-        tokio::select! {
-            () = follower => {}
-            () = stop.wait() => {}
+    pods: Pods,
+    index: PodIndex,
+    writer: Writer,
+    kube_watches: Counter,
+}
+
+impl Components {
+    fn start(args: &WriteArgs, client: ::kube::Client, shutdown: &Shutdown) -> Self {
+        let kube_watches = Counter::default();
+        let client = pods::count_watches(client, kube_watches.clone());
+        let index = PodIndex::new(args.watch_namespace.clone());
+        let pods = Pods::new(client.clone());
+        let writer = Writer::new(pods.clone(), index.clone(), args.window());
+        let span = tracing::info_span!(
+            "pod_index",
+            namespace = args.watch_namespace.as_deref().unwrap_or("*")
+        );
+        spawn_until(
+            shutdown,
+            pods::feed_index(client.clone(), index.clone()),
+            span,
+        );
+        spawn_until(
+            shutdown,
+            writer.clone().follow(index.clone()),
+            tracing::info_span!("writer_follow"),
+        );
+        Self {
+            client,
+            pods,
+            index,
+            writer,
+            kube_watches,
         }
-    });
-    (pods, writer)
+    }
+
+    fn register_metrics(&self, registry: &SharedRegistry) {
+        self.writer.register_metrics(registry);
+        registry.lock().expect("metrics registry poisoned").register(
+            "autocrane_watchdog_kube_watches_started",
+            "Watch requests sent to the Kubernetes API server (one pod watch per process, plus its re-watches and re-lists)",
+            self.kube_watches.clone(),
+        );
+    }
+}
+
+/// Spawns `task` in `span`, ending it at shutdown.
+fn spawn_until(
+    shutdown: &Shutdown,
+    task: impl Future<Output = ()> + Send + 'static,
+    span: tracing::Span,
+) {
+    let stop = shutdown.clone();
+    tokio::spawn(
+        async move {
+            tokio::select! {
+                () = task => {}
+                () = stop.wait() => {}
+            }
+        }
+        .instrument(span),
+    );
 }
 
 fn grpc_server(
     args: &Args,
     client: ::kube::Client,
     shutdown: &Shutdown,
-) -> Result<(GrpcServer, Writer), Error> {
+) -> Result<(GrpcServer, Components), Error> {
     let Args {
         server,
         insecure_allow_anonymous,
@@ -234,29 +333,33 @@ fn grpc_server(
         prober,
         probe,
     } = args;
-    let (pods, writer) = start_components(write, client.clone(), shutdown);
+    let components = Components::start(write, client, shutdown);
     if *insecure_allow_anonymous {
         tracing::warn!("Calls without a token are allowed everything (--insecure-allow-anonymous)");
     }
     if *prober {
-        tokio::spawn(prober::run(
-            client.clone(),
-            write.watch_namespace.clone(),
-            writer.clone(),
-            probe.clone(),
-            shutdown.clone(),
-        ));
+        tokio::spawn(
+            prober::run(
+                components.client.clone(),
+                components.index.clone(),
+                components.writer.clone(),
+                probe.clone(),
+                shutdown.clone(),
+            )
+            .instrument(tracing::info_span!("prober")),
+        );
     }
     let service = grpc::Service::new(grpc::State {
-        pods,
-        writer: writer.clone(),
-        auth: Authorizer::new(client, *insecure_allow_anonymous),
+        pods: components.pods.clone(),
+        index: components.index.clone(),
+        writer: components.writer.clone(),
+        auth: Authorizer::new(components.client.clone(), *insecure_allow_anonymous),
         shutdown: shutdown.clone(),
     });
     let grpc = GrpcServer::new(server)
         .map_err(Error::Serve)?
         .add_service(WatchdogListenerServer::new(service));
-    Ok((grpc, writer))
+    Ok((grpc, components))
 }
 
 /// Runs the component until the process shuts down.
@@ -264,8 +367,8 @@ pub async fn run(args: Args, process: Process) -> Result<(), Error> {
     let client = ::kube::Client::try_default()
         .await
         .map_err(Error::ConnectKube)?;
-    let (grpc, writer) = grpc_server(&args, client, &process.shutdown)?;
-    writer.register_metrics(&process.registry);
+    let (grpc, components) = grpc_server(&args, client, &process.shutdown)?;
+    components.register_metrics(&process.registry);
     process
         .serve(&args.server, grpc)
         .await
@@ -279,10 +382,25 @@ pub async fn start(
     client: ::kube::Client,
     shutdown: Shutdown,
 ) -> Result<Running, Error> {
-    let (grpc, writer) = grpc_server(&args, client, &shutdown)?;
+    let (grpc, components) = grpc_server(&args, client, &shutdown)?;
     let (addr, serving) = grpc.bind(shutdown).await.map_err(Error::Serve)?;
-    let task = tokio::spawn(async move { serving.await.map_err(Error::Serve) });
-    Ok(Running { addr, writer, task })
+    let task = tokio::spawn(
+        async move { serving.await.map_err(Error::Serve) }
+            .instrument(tracing::info_span!("grpc_server", %addr)),
+    );
+    let Components {
+        writer,
+        index,
+        kube_watches,
+        ..
+    } = components;
+    Ok(Running {
+        addr,
+        writer,
+        index,
+        kube_watches,
+        task,
+    })
 }
 
 /// Runs the standalone prober (`autocrane watchdog-prober`) until the process shuts down.
@@ -291,15 +409,16 @@ pub async fn run_prober(args: ProberProcessArgs, process: Process) -> Result<(),
     let client = ::kube::Client::try_default()
         .await
         .map_err(Error::ConnectKube)?;
-    let (_pods, writer) = start_components(&write, client.clone(), &process.shutdown);
-    writer.register_metrics(&process.registry);
+    let components = Components::start(&write, client, &process.shutdown);
+    components.register_metrics(&process.registry);
     prober::run(
-        client,
-        write.watch_namespace,
-        writer,
+        components.client.clone(),
+        components.index.clone(),
+        components.writer.clone(),
         probe,
         process.shutdown,
     )
+    .instrument(tracing::info_span!("prober"))
     .await;
     Ok(())
 }
@@ -325,5 +444,54 @@ mod tests {
     fn flags_are_consistent() {
         Listener::command().debug_assert();
         ProberProcess::command().debug_assert();
+    }
+
+    fn window(args: &[&str]) -> Result<std::time::Duration, clap::Error> {
+        Listener::try_parse_from(std::iter::once("listener").chain(args.iter().copied()))
+            .map(|l| l.args.write.window())
+    }
+
+    #[test]
+    fn the_coalescing_window_takes_a_duration() {
+        assert_eq!(window(&[]).unwrap(), std::time::Duration::from_millis(50));
+        assert_eq!(
+            window(&["--coalesce-window", "250ms"]).unwrap(),
+            std::time::Duration::from_millis(250)
+        );
+        assert_eq!(
+            window(&["--coalesce-window", "1s"]).unwrap(),
+            std::time::Duration::from_secs(1)
+        );
+        assert!(
+            window(&["--coalesce-window", "50"]).is_err(),
+            "a unit is required"
+        );
+    }
+
+    #[test]
+    fn the_old_milliseconds_spelling_is_still_accepted_but_hidden() {
+        assert_eq!(
+            window(&["--coalesce-window-ms", "20"]).unwrap(),
+            std::time::Duration::from_millis(20)
+        );
+        assert!(
+            window(&["--coalesce-window", "1s", "--coalesce-window-ms", "20"]).is_err(),
+            "both spellings at once are refused"
+        );
+        let help = Listener::command().render_long_help().to_string();
+        for shown in [
+            "--coalesce-window <DURATION>",
+            "--probe-interval <DURATION>",
+            "--probe-timeout <DURATION>",
+        ] {
+            assert!(help.contains(shown), "{shown} missing from:\n{help}");
+        }
+        for hidden in [
+            "--coalesce-window-ms",
+            "--probe-interval-secs",
+            "--probe-timeout-ms",
+        ] {
+            assert!(!help.contains(hidden), "{hidden} shown in:\n{help}");
+        }
     }
 }

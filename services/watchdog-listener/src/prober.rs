@@ -2,7 +2,7 @@
 //! `http://<podIP>:<port>/<path>` and the result is posted as watchdog `<name>` through the same
 //! write path as the RPCs (so an unchanged result writes nothing).
 //!
-//! Targets come from a Kubernetes watch (a reflector store), never from listing. Every pod with an
+//! Targets come from the process's pod index (fed by its one Kubernetes watch), never from listing. Every pod with an
 //! IP is probed, Ready or not (the original's deadlock, W9); pods without an IP are skipped (W8); a
 //! malformed annotation is a Warning Event on the pod, never an error watchdog (W8). A scan probes
 //! all targets concurrently through a bounded pool with a per-probe timeout, so a scan of N
@@ -15,39 +15,98 @@ use std::{
     time::{Duration, Instant},
 };
 
-use autocrane_api::{keys::PROBE_ANNOTATION_PREFIX, runtime::shutdown::Shutdown};
-use futures::StreamExt;
+use autocrane_api::{duration, keys::PROBE_ANNOTATION_PREFIX, watchdog::Level};
+use autocrane_runtime::shutdown::Shutdown;
 use k8s_openapi::api::core::v1::Pod;
 use kube::{
-    Api, Client, Resource, ResourceExt,
-    runtime::{
-        WatchStreamExt,
-        events::{Event, EventType, Recorder, Reporter},
-        reflector, watcher,
-    },
+    Client, Resource, ResourceExt,
+    runtime::events::{Event, EventType, Recorder, Reporter},
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
     sync::Semaphore,
 };
+use tracing::Instrument;
 
-use crate::{annotation::Level, coalesce::Op, kube::PodKey, validate, writer::Writer};
+use crate::{
+    coalesce::Op,
+    index::{PodEvent, PodIndex},
+    pods::PodKey,
+    validate,
+    writer::Writer,
+};
 
 /// Flags of the prober (`autocrane watchdog-prober`, or `--prober` on the listener).
 #[derive(clap::Args, Clone, Debug)]
 pub struct ProberArgs {
-    /// Seconds between the starts of two probe scans.
-    #[arg(long, env = "AUTOCRANE_PROBE_INTERVAL_SECS", default_value_t = 10)]
-    pub probe_interval_secs: u64,
+    /// Time between the starts of two probe scans (`10s`, `1m`); at least 1s.
+    #[arg(
+        long,
+        env = "AUTOCRANE_PROBE_INTERVAL",
+        value_name = "DURATION",
+        default_value = "10s"
+    )]
+    pub probe_interval: duration::Duration,
 
-    /// Timeout of one probe (connect, send, read the status line), in milliseconds.
-    #[arg(long, env = "AUTOCRANE_PROBE_TIMEOUT_MS", default_value_t = 5000)]
-    pub probe_timeout_ms: u64,
+    /// The old spelling of --probe-interval, in seconds (hidden; still accepted).
+    #[arg(
+        long,
+        env = "AUTOCRANE_PROBE_INTERVAL_SECS",
+        value_name = "SECS",
+        hide = true,
+        conflicts_with = "probe_interval"
+    )]
+    pub probe_interval_secs: Option<u64>,
+
+    /// Timeout of one probe: connect, send, read the status line (`5s`, `500ms`).
+    #[arg(
+        long,
+        env = "AUTOCRANE_PROBE_TIMEOUT",
+        value_name = "DURATION",
+        default_value = "5s"
+    )]
+    pub probe_timeout: duration::Duration,
+
+    /// The old spelling of --probe-timeout, in milliseconds (hidden; still accepted).
+    #[arg(
+        long,
+        env = "AUTOCRANE_PROBE_TIMEOUT_MS",
+        value_name = "MS",
+        hide = true,
+        conflicts_with = "probe_timeout"
+    )]
+    pub probe_timeout_ms: Option<u64>,
 
     /// Most probes in flight at once.
     #[arg(long, env = "AUTOCRANE_PROBE_CONCURRENCY", default_value_t = 256)]
     pub probe_concurrency: usize,
+}
+
+impl ProberArgs {
+    /// Prober flags with the given interval and timeout.
+    pub fn new(interval: Duration, timeout: Duration, concurrency: usize) -> Self {
+        Self {
+            probe_interval: interval.into(),
+            probe_interval_secs: None,
+            probe_timeout: timeout.into(),
+            probe_timeout_ms: None,
+            probe_concurrency: concurrency,
+        }
+    }
+
+    /// The scan interval, from whichever spelling was given; at least one second.
+    pub fn interval(&self) -> Duration {
+        self.probe_interval_secs
+            .map_or(self.probe_interval.as_std(), Duration::from_secs)
+            .max(Duration::from_secs(1))
+    }
+
+    /// The probe timeout, from whichever spelling was given.
+    pub fn timeout(&self) -> Duration {
+        self.probe_timeout_ms
+            .map_or(self.probe_timeout.as_std(), Duration::from_millis)
+    }
 }
 
 /// One thing to probe.
@@ -230,11 +289,15 @@ pub async fn scan(
         .into_iter()
         .map(|target| {
             let pool = pool.clone();
-            tokio::spawn(async move {
-                let _permit = pool.acquire_owned().await.expect("pool never closes");
-                let (level, message) = probe(&target, timeout).await;
-                (target, level, message)
-            })
+            let span = tracing::info_span!("probe", pod = %target.pod, watchdog = %target.name);
+            tokio::spawn(
+                async move {
+                    let _permit = pool.acquire_owned().await.expect("pool never closes");
+                    let (level, message) = probe(&target, timeout).await;
+                    (target, level, message)
+                }
+                .instrument(span),
+            )
         })
         .collect();
     let mut results = Vec::with_capacity(tasks.len());
@@ -246,25 +309,53 @@ pub async fn scan(
     results
 }
 
-/// Runs the prober until shutdown: follows pods in `namespace` (or all), scans every interval,
-/// posts results through `writer`, reports malformed annotations as Warning Events.
+/// Reports each malformed probe annotation of `pod` once (per pod uid, key and value) as a
+/// Warning Event.
+async fn report_malformed(
+    recorder: &Recorder,
+    reported: &mut HashSet<(String, String, String)>,
+    pod: &Pod,
+) {
+    for bad in targets(pod).1 {
+        let uid = pod.uid().unwrap_or_default();
+        if !reported.insert((uid, bad.key.clone(), bad.value.clone())) {
+            continue;
+        }
+        tracing::warn!(pod = %PodKey::of(pod), key = %bad.key, reason = %bad.reason, "Malformed probe annotation");
+        let event = Event {
+            type_: EventType::Warning,
+            reason: "MalformedProbeAnnotation".into(),
+            note: Some(format!(
+                "{}: {:?} is not <port>/<path>: {}",
+                bad.key, bad.value, bad.reason
+            )),
+            action: "Probe".into(),
+            secondary: None,
+        };
+        if let Err(err) = recorder.publish(&event, &pod.object_ref(&())).await {
+            tracing::warn!(error = %err, "Publishing an event failed");
+        }
+    }
+}
+
+/// Runs the prober until shutdown: follows the pods of `index`, scans every interval, posts
+/// results through `writer`, reports malformed annotations as Warning Events (through `client`).
 pub async fn run(
     client: Client,
-    namespace: Option<String>,
+    index: PodIndex,
     writer: Writer,
     args: ProberArgs,
     shutdown: Shutdown,
 ) {
+    let timeout = args.timeout();
+    let interval = args.interval();
     let ProberArgs {
-        probe_interval_secs,
-        probe_timeout_ms,
+        probe_interval: _,
+        probe_interval_secs: _,
+        probe_timeout: _,
+        probe_timeout_ms: _,
         probe_concurrency,
     } = args;
-    let api: Api<Pod> = match &namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
-    let (store, store_writer) = reflector::store::<Pod>();
     let recorder = Recorder::new(
         client,
         Reporter {
@@ -272,48 +363,28 @@ pub async fn run(
             instance: std::env::var("POD_NAME").ok(),
         },
     );
+    let follower = index.clone();
     let feed = async move {
+        follower.ready().await;
         let mut reported: HashSet<(String, String, String)> = HashSet::new();
-        let mut events = reflector(store_writer, watcher(api, watcher::Config::default()))
-            .default_backoff()
-            .applied_objects()
-            .boxed();
-        while let Some(event) = events.next().await {
-            let pod = match event {
-                Ok(pod) => pod,
-                Err(err) => {
-                    tracing::warn!(error = %err, "Pod watch failed; retrying");
-                    continue;
+        let (pods, mut changes) = follower.subscribe(None);
+        for pod in &pods {
+            report_malformed(&recorder, &mut reported, pod).await;
+        }
+        while let Some(event) = changes.next().await {
+            match event {
+                PodEvent::Applied(pod) => report_malformed(&recorder, &mut reported, &pod).await,
+                PodEvent::Resynced(pods) => {
+                    for pod in &pods {
+                        report_malformed(&recorder, &mut reported, pod).await;
+                    }
                 }
-            };
-            for bad in targets(&pod).1 {
-                let uid = pod.uid().unwrap_or_default();
-                if !reported.insert((uid, bad.key.clone(), bad.value.clone())) {
-                    continue;
-                }
-                tracing::warn!(pod = %PodKey::of(&pod), key = %bad.key, reason = %bad.reason, "Malformed probe annotation");
-                let event = Event {
-                    type_: EventType::Warning,
-                    reason: "MalformedProbeAnnotation".into(),
-                    note: Some(format!(
-                        "{}: {:?} is not <port>/<path>: {}",
-                        bad.key, bad.value, bad.reason
-                    )),
-                    action: "Probe".into(),
-                    secondary: None,
-                };
-                if let Err(err) = recorder.publish(&event, &pod.object_ref(&())).await {
-                    tracing::warn!(error = %err, "Publishing an event failed");
-                }
+                PodEvent::Deleted(_) => {}
             }
         }
     };
-    let timeout = Duration::from_millis(probe_timeout_ms);
-    let interval = Duration::from_secs(probe_interval_secs.max(1));
     let scans = async move {
-        if store.wait_until_ready().await.is_err() {
-            return;
-        }
+        index.ready().await;
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // What this process posted (a restart forgets it: a probe annotation removed while the
@@ -321,7 +392,7 @@ pub async fn run(
         let mut posted: HashSet<(PodKey, String)> = HashSet::new();
         loop {
             ticker.tick().await;
-            let pods = store.state();
+            let pods = index.pods(None);
             for (pod, name) in retire(&mut posted, &pods) {
                 tracing::info!(%pod, watchdog = %name, "Probe annotation removed; deleting its watchdog");
                 let op = Op::Delete { name: name.clone() };
@@ -337,17 +408,21 @@ pub async fn run(
             let results = scan(all, timeout, probe_concurrency).await;
             for (target, level, message) in results {
                 let writer = writer.clone();
-                tokio::spawn(async move {
-                    let op = Op::Set {
-                        name: target.name.clone(),
-                        level,
-                        message,
-                        ttl: None,
-                    };
-                    if let Err(err) = writer.submit(target.pod.clone(), op).await {
-                        tracing::debug!(pod = %target.pod, error = %err, "Posting a probe result failed");
+                let span = tracing::info_span!("post_probe_result", pod = %target.pod, watchdog = %target.name);
+                tokio::spawn(
+                    async move {
+                        let op = Op::Set {
+                            name: target.name.clone(),
+                            level,
+                            message,
+                            ttl: None,
+                        };
+                        if let Err(err) = writer.submit(target.pod.clone(), op).await {
+                            tracing::debug!(error = %err, "Posting a probe result failed");
+                        }
                     }
-                });
+                    .instrument(span),
+                );
             }
             tracing::debug!(targets = count, elapsed = ?started.elapsed(), "Probe scan done");
         }
@@ -362,6 +437,37 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_are_read_from_either_spelling() {
+        use clap::Parser;
+        #[derive(Parser, Debug)]
+        struct Flags {
+            #[command(flatten)]
+            probe: ProberArgs,
+        }
+        let parse = |args: &[&str]| {
+            Flags::try_parse_from(std::iter::once("prober").chain(args.iter().copied()))
+                .map(|f| (f.probe.interval(), f.probe.timeout()))
+        };
+        assert_eq!(
+            parse(&[]).unwrap(),
+            (Duration::from_secs(10), Duration::from_secs(5))
+        );
+        assert_eq!(
+            parse(&["--probe-interval", "2s", "--probe-timeout", "500ms"]).unwrap(),
+            (Duration::from_secs(2), Duration::from_millis(500))
+        );
+        assert_eq!(
+            parse(&["--probe-interval-secs", "2", "--probe-timeout-ms", "500"]).unwrap(),
+            (Duration::from_secs(2), Duration::from_millis(500))
+        );
+        assert!(
+            parse(&["--probe-timeout", "500"]).is_err(),
+            "a unit is required"
+        );
+        assert!(parse(&["--probe-timeout", "1s", "--probe-timeout-ms", "9"]).is_err());
+    }
 
     #[test]
     fn probe_annotations_parse() {

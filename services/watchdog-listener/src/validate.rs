@@ -3,10 +3,11 @@
 
 use std::time::Duration;
 
+use autocrane_api::names::{is_dns1123_label, is_dns1123_subdomain};
+use autocrane_api::watchdog::MAX_MESSAGE_BYTES;
+
 /// The most watchdogs one pod may carry.
 pub const MAX_WATCHDOGS_PER_POD: usize = 32;
-/// The longest message, in bytes of UTF-8.
-pub const MAX_MESSAGE_BYTES: usize = 1024;
 /// The shortest TTL.
 pub const MIN_TTL: Duration = Duration::from_secs(1);
 /// The longest TTL.
@@ -27,22 +28,6 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> Invalid {
         field,
         reason: reason.into(),
     }
-}
-
-/// Whether `text` is a DNS-1123 label: 1–63 of `[a-z0-9-]`, alphanumeric at both ends.
-pub fn is_dns1123_label(text: &str) -> bool {
-    !text.is_empty()
-        && text.len() <= 63
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !text.starts_with('-')
-        && !text.ends_with('-')
-}
-
-/// Whether `text` is a DNS-1123 subdomain: at most 253 characters of dot-separated labels.
-pub fn is_dns1123_subdomain(text: &str) -> bool {
-    !text.is_empty() && text.len() <= 253 && text.split('.').all(is_dns1123_label)
 }
 
 fn label(field: &'static str, text: &str) -> Result<(), Invalid> {

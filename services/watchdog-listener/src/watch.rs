@@ -1,5 +1,7 @@
 //! The state behind one `WatchPodHealth` stream, sans-IO: the pods the client has been told about
-//! and the diff of a new observation against them. Fed by a Kubernetes watch (see `grpc.rs`).
+//! and the diff of a new observation against them. Fed by the process's pod index (`index.rs`,
+//! itself fed by one Kubernetes watch) through a subscription (see `grpc.rs`); the stream's
+//! [`Scope`] (namespace and label selector) is applied here.
 //!
 //! Resume tokens are a digest of the state the client holds after a message. A reconnecting client
 //! whose token equals the digest of the current state gets an empty change message; any other
@@ -8,9 +10,40 @@
 use std::{
     collections::BTreeMap,
     hash::{DefaultHasher, Hash, Hasher},
+    sync::Arc,
 };
 
-use crate::{annotation::format_value, rollup::PodHealth};
+use autocrane_api::watchdog::{PodHealth, format_value};
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+
+use crate::{index::PodEvent, pods::pod_health, selector::LabelSelector};
+
+/// What one stream follows: the pods of a namespace that match a label selector.
+#[derive(Clone, Debug)]
+pub struct Scope {
+    /// The namespace.
+    pub namespace: String,
+    /// The selector (empty: every pod).
+    pub selector: LabelSelector,
+}
+
+impl Scope {
+    /// Whether the stream follows `pod`.
+    pub fn selects(&self, pod: &Pod) -> bool {
+        pod.metadata.namespace.as_deref() == Some(self.namespace.as_str())
+            && self.selector.matches(pod.labels())
+    }
+
+    /// The health of the followed pods among `pods`, at `now`.
+    pub fn observe(&self, pods: &[Arc<Pod>], now: Timestamp) -> Vec<PodHealth> {
+        pods.iter()
+            .filter(|pod| self.selects(pod))
+            .map(|pod| pod_health(pod, now))
+            .collect()
+    }
+}
 
 /// One message to send.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -110,6 +143,24 @@ impl StreamState {
         (!changed.is_empty() || !removed.is_empty()).then(|| self.update(changed, removed))
     }
 
+    /// A change of the pod index: the message to send, if the stream's client must hear of it. A
+    /// pod that stops matching the selector counts as removed.
+    pub fn on_event(&mut self, scope: &Scope, event: PodEvent, now: Timestamp) -> Option<Update> {
+        match event {
+            PodEvent::Applied(pod) if scope.selects(&pod) => self.apply(pod_health(&pod, now)),
+            PodEvent::Applied(pod) => {
+                if pod.metadata.namespace.as_deref() == Some(scope.namespace.as_str()) {
+                    self.remove(&pod.name_any())
+                } else {
+                    None
+                }
+            }
+            PodEvent::Deleted(key) if key.namespace == scope.namespace => self.remove(&key.name),
+            PodEvent::Deleted(_) => None,
+            PodEvent::Resynced(pods) => self.relist(scope.observe(&pods, now)),
+        }
+    }
+
     fn update(&self, pods: Vec<PodHealth>, removed: Vec<String>) -> Update {
         Update {
             snapshot: false,
@@ -123,7 +174,7 @@ impl StreamState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rollup::Health;
+    use autocrane_api::watchdog::Health;
 
     fn pod(name: &str, health: Health, rv: &str) -> PodHealth {
         PodHealth {
@@ -170,6 +221,87 @@ mod tests {
                 .start(vec![pod("a", Health::Error, "9")], &token)
                 .snapshot
         );
+    }
+
+    fn k8s_pod(name: &str, labels: &[(&str, &str)]) -> Arc<Pod> {
+        let mut pod = Pod::default();
+        pod.metadata.namespace = Some("shop".into());
+        pod.metadata.name = Some(name.into());
+        pod.metadata.labels = Some(
+            labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        pod.metadata.annotations = Some(
+            [(
+                "status.autocrane.io/http".to_string(),
+                "error/2026-11-18T11:06:40Z//down".to_string(),
+            )]
+            .into(),
+        );
+        Arc::new(pod)
+    }
+
+    #[test]
+    fn index_events_outside_the_scope_are_ignored_and_unmatching_pods_are_removed() {
+        let scope = Scope {
+            namespace: "shop".into(),
+            selector: LabelSelector::parse("app=web").unwrap(),
+        };
+        let now: Timestamp = "2026-11-18T11:07:00Z".parse().unwrap();
+        let mut state = StreamState::default();
+        let first = state.start(
+            scope.observe(
+                &[
+                    k8s_pod("web-0", &[("app", "web")]),
+                    k8s_pod("db-0", &[("app", "db")]),
+                ],
+                now,
+            ),
+            "",
+        );
+        assert_eq!(first.pods.len(), 1);
+        assert_eq!(first.pods[0].health, autocrane_api::watchdog::Health::Error);
+
+        let mut elsewhere = (*k8s_pod("web-0", &[("app", "web")])).clone();
+        elsewhere.metadata.namespace = Some("lab".into());
+        assert_eq!(
+            state.on_event(&scope, PodEvent::Applied(Arc::new(elsewhere)), now),
+            None
+        );
+        assert_eq!(
+            state.on_event(
+                &scope,
+                PodEvent::Applied(k8s_pod("db-0", &[("app", "db")])),
+                now
+            ),
+            None
+        );
+        let relabelled = state
+            .on_event(
+                &scope,
+                PodEvent::Applied(k8s_pod("web-0", &[("app", "old")])),
+                now,
+            )
+            .unwrap();
+        assert_eq!(relabelled.removed, ["web-0"]);
+        let back = state
+            .on_event(
+                &scope,
+                PodEvent::Resynced(vec![k8s_pod("web-0", &[("app", "web")])]),
+                now,
+            )
+            .unwrap();
+        assert_eq!(back.pods[0].name, "web-0");
+        let deleted = state
+            .on_event(
+                &scope,
+                PodEvent::Deleted(crate::pods::PodKey::new("shop", "web-0")),
+                now,
+            )
+            .unwrap();
+        assert_eq!(deleted.removed, ["web-0"]);
     }
 
     #[test]

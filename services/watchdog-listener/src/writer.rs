@@ -8,25 +8,30 @@
 //! fresh read) and patches with a resourceVersion precondition; a conflict re-reads and re-plans,
 //! so a change by another writer is never planned over.
 //!
-//! TTLs: after each write, and for every pod the label watcher sees, a timer is armed for the
+//! TTLs: after each write, and for every pod the pod index shows, a timer is armed for the
 //! pod's earliest expiry; it enqueues a refresh, which removes the expired watchdogs and corrects
-//! the label. One timer per pod, no polling.
+//! the label. One timer per pod, no polling. Each landed patch is also handed to the index
+//! ([`PodIndex::observe_write`]), so watch streams see it without waiting for the watch.
+//!
+//! Readiness: on a pod with the readiness gate `autocrane.io/healthy`, each batch ends by bringing
+//! that condition in step with the rollup after the batch ([`crate::readiness`]): one `pods/status`
+//! patch when it changes, so a burst of posts makes at most one status write per window. Pods that
+//! appear gated and out of step (a fresh pod, a listener restart, a kubelet that dropped the
+//! condition) are refreshed from the index like a drifted label. A failed status write does not
+//! fail the posts (their watchdogs landed); the pod is refreshed again after [`STATUS_RETRY`].
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
     time::Duration,
 };
 
-use autocrane_api::runtime::admin::SharedRegistry;
+use autocrane_runtime::admin::SharedRegistry;
 
-use chrono::{DateTime, Utc};
-use futures::StreamExt;
+use autocrane_api::watchdog::{PodHealth, rollup};
+use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Pod;
-use kube::{
-    Api, ResourceExt,
-    runtime::{WatchStreamExt, watcher},
-};
+use kube::ResourceExt;
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::oneshot;
 use tracing::Instrument;
@@ -34,12 +39,16 @@ use tracing::Instrument;
 use crate::{
     Error,
     coalesce::{Op, plan},
-    kube::{PodKey, Pods, health_label, is_status, pod_health},
-    rollup::{PodHealth, rollup},
+    index::{PodEvent, PodIndex},
+    pods::{PodKey, Pods, health_label, is_status, pod_health},
+    readiness,
 };
 
 /// How often a write is retried after a resourceVersion conflict.
 const CONFLICT_RETRIES: usize = 8;
+
+/// How long after a failed readiness-condition write the pod is refreshed to try again.
+pub const STATUS_RETRY: Duration = Duration::from_secs(5);
 
 type Reply = oneshot::Sender<Result<PodHealth, Error>>;
 
@@ -62,15 +71,23 @@ pub struct WriteStats {
     pub conflicts: Counter,
     /// Batches that failed (reading or patching the pod), each failing all its operations.
     pub failures: Counter,
+    /// `pods/status` patches of the readiness condition `autocrane.io/healthy` (including ones
+    /// that conflicted).
+    pub status_patches: Counter,
+    /// Readiness-condition writes that failed (retried after [`STATUS_RETRY`]).
+    pub status_failures: Counter,
 }
 
 struct Inner {
     pods: Pods,
+    index: PodIndex,
     window: Duration,
     queues: Mutex<HashMap<PodKey, Queue>>,
-    timers: Mutex<HashMap<PodKey, (DateTime<Utc>, tokio::task::AbortHandle)>>,
+    timers: Mutex<HashMap<PodKey, (Timestamp, tokio::task::AbortHandle)>>,
     /// Each pod as our last write left it (see [`Writer::write`]).
     cache: Mutex<HashMap<PodKey, Pod>>,
+    /// Pods with a readiness-condition retry pending (one per pod).
+    status_retries: Mutex<HashSet<PodKey>>,
     stats: WriteStats,
 }
 
@@ -90,15 +107,18 @@ impl std::fmt::Debug for Writer {
 }
 
 impl Writer {
-    /// A writer patching through `pods`, at most one patch per pod per `window`.
-    pub fn new(pods: Pods, window: Duration) -> Self {
+    /// A writer patching through `pods`, at most one patch per pod per `window`, telling `index`
+    /// about each landed patch.
+    pub fn new(pods: Pods, index: PodIndex, window: Duration) -> Self {
         Self {
             inner: Arc::new(Inner {
                 pods,
+                index,
                 window,
                 queues: Mutex::new(HashMap::new()),
                 timers: Mutex::new(HashMap::new()),
                 cache: Mutex::new(HashMap::new()),
+                status_retries: Mutex::new(HashSet::new()),
                 stats: WriteStats::default(),
             }),
         }
@@ -139,6 +159,16 @@ impl Writer {
                 "Write batches that failed reading or patching the pod",
                 &stats.failures,
             ),
+            (
+                "watchdog_listener_writes_status_patches",
+                "pods/status patches of the readiness condition autocrane.io/healthy (at most one per pod per window)",
+                &stats.status_patches,
+            ),
+            (
+                "watchdog_listener_writes_status_failures",
+                "Readiness-condition writes that failed (retried later)",
+                &stats.status_failures,
+            ),
         ] {
             registry.register(name, help, counter.clone());
         }
@@ -168,7 +198,7 @@ impl Writer {
         drop(queues);
         if start {
             let writer = self.clone();
-            let span = tracing::debug_span!("pod_writer", pod = %key);
+            let span = tracing::info_span!("pod_writer", pod = %key);
             tokio::spawn(writer.drain(key).instrument(span));
         }
     }
@@ -237,7 +267,7 @@ impl Writer {
                     }
                 }
             };
-            let now = Utc::now();
+            let now = Timestamp::now();
             let plan = plan(pod.annotations(), health_label(&pod), ops, now);
             let written = if plan.is_empty() {
                 if !fresh {
@@ -277,6 +307,12 @@ impl Writer {
                     }
                 }
             };
+            let (written, status_sent) = self.sync_readiness(key, written, now).await;
+            // The index learns the last version we wrote (annotations and condition at once).
+            if patched || status_sent {
+                self.inner.index.observe_write(&written);
+            }
+            patched |= status_sent;
             self.arm_timer(key, rollup(written.annotations(), now).next_expiry);
             self.inner
                 .cache
@@ -293,8 +329,78 @@ impl Writer {
         }
     }
 
+    /// Brings the pod's readiness condition in step with the rollup of `pod` (a fresh read or our
+    /// own patch's answer): at most one landed `pods/status` patch, re-read and re-planned on a
+    /// conflict. Returns the latest version of the pod and whether a status patch was sent.
+    async fn sync_readiness(&self, key: &PodKey, mut pod: Pod, now: Timestamp) -> (Pod, bool) {
+        let mut sent = false;
+        for attempt in 1..=CONFLICT_RETRIES {
+            let Some(condition) = readiness::plan(&pod, now) else {
+                return (pod, sent);
+            };
+            let rv = pod.resource_version().unwrap_or_default();
+            self.inner.stats.status_patches.inc();
+            sent = true;
+            let err = match self.inner.pods.patch_condition(key, &condition, &rv).await {
+                Ok(written) => {
+                    tracing::debug!(status = %condition.status, reason = ?condition.reason, "Readiness condition written");
+                    return (written, sent);
+                }
+                Err(err) if is_status(&err, 404) => return (pod, sent),
+                Err(err) if is_status(&err, 409) && attempt < CONFLICT_RETRIES => {
+                    self.inner.stats.conflicts.inc();
+                    tracing::debug!(attempt, "Pod changed under the readiness write; re-reading");
+                    self.inner.stats.reads.inc();
+                    match self.inner.pods.get(key).await {
+                        Ok(Some(fresh)) => {
+                            pod = fresh;
+                            continue;
+                        }
+                        Ok(None) => return (pod, sent),
+                        Err(err) => err,
+                    }
+                }
+                Err(err) => err,
+            };
+            self.inner.stats.status_failures.inc();
+            tracing::warn!(error = %err, retry_in = ?STATUS_RETRY, "Writing the readiness condition failed");
+            self.retry_later(key);
+            return (pod, sent);
+        }
+        (pod, sent)
+    }
+
+    /// Refreshes the pod after [`STATUS_RETRY`], once per pod however often its writes fail.
+    fn retry_later(&self, key: &PodKey) {
+        if !self
+            .inner
+            .status_retries
+            .lock()
+            .expect("retry lock")
+            .insert(key.clone())
+        {
+            return;
+        }
+        let writer = self.clone();
+        let pod = key.clone();
+        let span = tracing::info_span!("readiness_retry", pod = %pod);
+        tokio::spawn(
+            async move {
+                tokio::time::sleep(STATUS_RETRY).await;
+                writer
+                    .inner
+                    .status_retries
+                    .lock()
+                    .expect("retry lock")
+                    .remove(&pod);
+                writer.refresh(pod);
+            }
+            .instrument(span),
+        );
+    }
+
     /// Arms (or re-arms, or clears) the pod's expiry timer.
-    pub fn arm_timer(&self, key: &PodKey, at: Option<DateTime<Utc>>) {
+    pub fn arm_timer(&self, key: &PodKey, at: Option<Timestamp>) {
         let mut timers = self.inner.timers.lock().expect("timer lock");
         match at {
             None => {
@@ -308,18 +414,23 @@ impl Writer {
                 }
                 let writer = self.clone();
                 let pod = key.clone();
-                let delay = (at - Utc::now()).to_std().unwrap_or_default();
-                let task = tokio::spawn(async move {
-                    // A little slack so that the refresh's clock is past the expiry second.
-                    tokio::time::sleep(delay + Duration::from_millis(20)).await;
-                    let mut timers = writer.inner.timers.lock().expect("timer lock");
-                    if timers.get(&pod).is_some_and(|(armed, _)| *armed == at) {
-                        timers.remove(&pod);
+                let delay =
+                    Duration::try_from(at.duration_since(Timestamp::now())).unwrap_or_default();
+                let span = tracing::info_span!("expiry_timer", pod = %pod, %at);
+                let task = tokio::spawn(
+                    async move {
+                        // A little slack so that the refresh's clock is past the expiry second.
+                        tokio::time::sleep(delay + Duration::from_millis(20)).await;
+                        let mut timers = writer.inner.timers.lock().expect("timer lock");
+                        if timers.get(&pod).is_some_and(|(armed, _)| *armed == at) {
+                            timers.remove(&pod);
+                        }
+                        drop(timers);
+                        tracing::debug!("Watchdog expired; refreshing");
+                        writer.refresh(pod);
                     }
-                    drop(timers);
-                    tracing::debug!(pod = %pod, "Watchdog expired; refreshing");
-                    writer.refresh(pod);
-                });
+                    .instrument(span),
+                );
                 if let Some((_, old)) = timers.insert(key.clone(), (at, task.abort_handle())) {
                     old.abort();
                 }
@@ -327,42 +438,60 @@ impl Writer {
         }
     }
 
-    /// Follows every pod in `namespace` (or all namespaces) with a Kubernetes watch: arms expiry
-    /// timers for watchdogs written before this process started, and repairs a health label that
-    /// does not match the annotations (someone edited them by hand). Runs until the watch ends.
-    pub async fn follow_pods(self, namespace: Option<String>) {
-        let client = self.inner.pods.client().clone();
-        let api: Api<Pod> = match &namespace {
-            Some(ns) => Api::namespaced(client, ns),
-            None => Api::all(client),
-        };
-        let mut events = watcher(api, watcher::Config::default())
-            .default_backoff()
-            .boxed();
-        while let Some(event) = events.next().await {
+    /// Follows the pods of the index: arms expiry timers for watchdogs written before this
+    /// process started, repairs a health label that does not match the annotations (someone
+    /// edited them by hand), and sets the readiness condition of gated pods that are out of step
+    /// (new pods, pods written before this process started). Runs until the index goes away.
+    pub async fn follow(self, index: PodIndex) {
+        index.ready().await;
+        let (pods, mut changes) = index.subscribe(None);
+        self.resync(&pods);
+        while let Some(event) = changes.next().await {
             match event {
-                Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => {
-                    self.observe(&pod);
-                }
-                Ok(watcher::Event::Delete(pod)) => {
-                    let key = PodKey::of(&pod);
-                    self.arm_timer(&key, None);
-                    self.inner.cache.lock().expect("cache lock").remove(&key);
-                }
-                Ok(watcher::Event::Init | watcher::Event::InitDone) => {}
-                Err(err) => tracing::warn!(error = %err, "Pod watch failed; retrying"),
+                PodEvent::Applied(pod) => self.observe(&pod),
+                PodEvent::Deleted(key) => self.forget(&key),
+                PodEvent::Resynced(pods) => self.resync(&pods),
             }
         }
     }
 
+    /// The index was (re-)listed: observe every pod, and forget those that are gone (deleted
+    /// while the watch was down, so no delete event came).
+    fn resync(&self, pods: &[Arc<Pod>]) {
+        let present: std::collections::HashSet<PodKey> =
+            pods.iter().map(|p| PodKey::of(p)).collect();
+        let gone: Vec<PodKey> = {
+            let timers = self.inner.timers.lock().expect("timer lock");
+            let cache = self.inner.cache.lock().expect("cache lock");
+            timers
+                .keys()
+                .chain(cache.keys())
+                .filter(|key| !present.contains(*key))
+                .cloned()
+                .collect()
+        };
+        for key in gone {
+            self.forget(&key);
+        }
+        for pod in pods {
+            self.observe(pod);
+        }
+    }
+
+    fn forget(&self, key: &PodKey) {
+        self.arm_timer(key, None);
+        self.inner.cache.lock().expect("cache lock").remove(key);
+    }
+
     fn observe(&self, pod: &Pod) {
-        let now = Utc::now();
+        let now = Timestamp::now();
         let key = PodKey::of(pod);
         let rollup = rollup(pod.annotations(), now);
         let label = health_label(pod);
         let has_watchdogs = !rollup.watchdogs.is_empty() || !rollup.expired.is_empty();
         if (has_watchdogs || label.is_some()) && label != Some(rollup.health.label_value())
             || !rollup.expired.is_empty()
+            || readiness::plan(pod, now).is_some()
         {
             self.refresh(key.clone());
         }

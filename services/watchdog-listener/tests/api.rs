@@ -7,7 +7,8 @@ mod common;
 use std::time::Duration;
 
 use autocrane_api::proto::watchdog_v1 as pb;
-use common::{Env, eventually, pod_ref, post, with_token};
+use autocrane_test_support::eventually;
+use common::{Env, pod_ref, post, with_token};
 use kube::{
     Api, ResourceExt,
     api::{Patch, PatchParams},
@@ -298,7 +299,18 @@ async fn a_post_that_changes_nothing_writes_nothing() {
         .unwrap()
         .into_inner();
     let rv = env.get_pod("shop", "web-0").await.resource_version();
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Timestamps have second precision: once the clock is past the first post's second, a post
+    // that rewrote the watchdog would store a new `updated_at`, so "nothing written" means it.
+    let written_at = first.pod_health.as_ref().unwrap().watchdogs[0]
+        .updated_at
+        .unwrap()
+        .seconds;
+    eventually(
+        Duration::from_secs(5),
+        "the clock past the first post's second",
+        || async { jiff::Timestamp::now().as_second() > written_at },
+    )
+    .await;
     let again = client
         .post_watchdog(with_token(
             post("shop", "web-0", "http", pb::Level::Info, "ok"),

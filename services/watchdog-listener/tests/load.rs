@@ -6,7 +6,7 @@ mod common;
 use std::time::Instant;
 
 use autocrane_api::proto::watchdog_v1 as pb;
-use autocrane_watchdog_listener::annotation::parse_value;
+use autocrane_api::watchdog::parse_value;
 use common::{Env, post, with_token};
 use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, ResourceExt, api::ListParams};

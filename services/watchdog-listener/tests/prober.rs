@@ -1,18 +1,21 @@
 //! End-to-end: the HTTP prober. Pods annotated `probe.autocrane.io/<name>: <port>/<path>` get
 //! watchdog `<name>`; pods without an IP are skipped; not-Ready pods are probed; a malformed
 //! annotation gives a Warning Event, never an error watchdog; removing the annotation deletes its
-//! watchdog; and a scan of 1,000 targets of which 10% hang takes about one probe timeout.
+//! watchdog; and a scan of 1,000 targets of which 10% hang reports every target, the hanging ones
+//! as timed out. (How long such a scan takes — about one probe timeout — is measured by
+//! `examples/watchdog_bench.rs`, not asserted here.)
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use autocrane_api::watchdog::Level;
+use autocrane_test_support::eventually;
 use autocrane_watchdog_listener::{
-    annotation::Level,
-    kube::PodKey,
+    pods::PodKey,
     prober::{ProberArgs, Target, scan},
 };
-use common::{Env, eventually, listener_args};
+use common::{Env, listener_args};
 use k8s_openapi::api::{core::v1::Pod, events::v1::Event};
 use kube::{Api, ResourceExt, api::ListParams};
 use tokio::{
@@ -66,11 +69,11 @@ async fn the_prober_posts_results_skips_pods_without_ip_and_reports_malformed_an
     let port = http_server().await;
     let env = Env::start_with(listener_args(
         50,
-        Some(ProberArgs {
-            probe_interval_secs: 1,
-            probe_timeout_ms: 500,
-            probe_concurrency: 16,
-        }),
+        Some(ProberArgs::new(
+            Duration::from_secs(1),
+            Duration::from_millis(500),
+            16,
+        )),
     ))
     .await;
     let ok = format!("{port}/ok/deep");
@@ -190,7 +193,7 @@ async fn the_prober_posts_results_skips_pods_without_ip_and_reports_malformed_an
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_scan_of_1000_targets_with_10_percent_hanging_takes_one_timeout() {
+async fn a_scan_of_1000_targets_with_10_percent_hanging_reports_every_target() {
     let port = http_server().await;
     let targets: Vec<Target> = (0..1000)
         .map(|i| Target {
@@ -206,26 +209,27 @@ async fn a_scan_of_1000_targets_with_10_percent_hanging_takes_one_timeout() {
         })
         .collect();
     let timeout = Duration::from_secs(2);
-    let started = Instant::now();
-    let results = scan(targets, timeout, 256).await;
-    let elapsed = started.elapsed();
+    // A generous deadline: the scan must finish (hanging targets time out rather than block it);
+    // how fast it finishes is the benchmark's business.
+    let results = tokio::time::timeout(Duration::from_secs(60), scan(targets, timeout, 256))
+        .await
+        .expect("the scan finishes although 100 targets never answer");
+    assert_eq!(results.len(), 1000);
     let errors = results
         .iter()
         .filter(|(_, level, _)| *level == Level::Error)
         .count();
-    println!(
-        "scan of {} targets (100 hanging), timeout {timeout:?}: {elapsed:?}",
-        results.len()
-    );
-    assert_eq!(results.len(), 1000);
     assert_eq!(errors, 100);
-    assert!(
-        results
-            .iter()
-            .all(|(t, level, _)| (*level == Level::Error) == t.path.starts_with("hang"))
-    );
-    assert!(
-        elapsed < timeout + Duration::from_millis(750),
-        "scan took {elapsed:?}"
-    );
+    for (target, level, message) in &results {
+        if target.path.starts_with("hang") {
+            assert_eq!(*level, Level::Error, "{message}");
+            assert_eq!(
+                message,
+                &format!("GET {}: no response within 2000 ms", target.url())
+            );
+        } else {
+            assert_eq!(*level, Level::Info, "{message}");
+            assert!(message.ends_with(": HTTP 200"), "{message}");
+        }
+    }
 }

@@ -151,7 +151,8 @@ async fn the_cli_posts_with_a_token_file() {
         token_file: Some(token_file),
         no_token: false,
         output: Output::Json,
-        timeout_secs: 10,
+        timeout: std::time::Duration::from_secs(10).into(),
+        timeout_secs: None,
         tls: Default::default(),
     };
     let post = WatchdogArgs {

@@ -1,5 +1,5 @@
 //! Shared fixtures: kube-sim with the kubelet simulator attached, the real `kubectl`, pod
-//! builders and waiting helpers.
+//! builders and waiting helpers (on conditions, through the workspace harness's `eventually`).
 
 #![allow(dead_code)]
 
@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
+
+use autocrane_test_support::eventually;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
@@ -16,7 +18,7 @@ use kubelet_sim::{Backoff, ImageMap, Kubelet, KubeletHandle};
 use serde_json::{Value, json};
 
 /// The host tools the faithful mode needs; a missing one fails the test loudly.
-pub fn require_tools() {
+pub(crate) fn require_tools() {
     for t in [
         "kubectl", "unshare", "mount", "chroot", "setpriv", "nsenter", "sh",
     ] {
@@ -36,10 +38,13 @@ pub fn require_tools() {
     );
 }
 
+/// The deadline of a wait: generous, since how fast things happen is the bench's business.
+pub(crate) const T: Duration = Duration::from_secs(30);
+
 static NEXT_NET: AtomicU8 = AtomicU8::new(180);
 
 /// A kube-sim and a kubelet on node `sim-node`, with fast back-off and volume sync.
-pub struct Env {
+pub(crate) struct Env {
     pub sim: KubeSim,
     pub kubelet: Option<KubeletHandle>,
     pub dir: tempfile::TempDir,
@@ -48,11 +53,11 @@ pub struct Env {
 }
 
 impl Env {
-    pub async fn start() -> Env {
+    pub(crate) async fn start() -> Env {
         Env::with(false, ImageMap::new()).await
     }
 
-    pub async fn with(auth: bool, images: ImageMap) -> Env {
+    pub(crate) async fn with(auth: bool, images: ImageMap) -> Env {
         require_tools();
         let sim = KubeSim::builder()
             .auth(auth)
@@ -78,7 +83,12 @@ impl Env {
             .start()
             .await
             .expect("kubelet starts");
-        sim.serve_pod_logs(kubelet.log_reader());
+        let logs = kubelet.log_reader();
+        sim.serve_pod_logs(
+            move |ns: &str, pod: &str, container: &str, previous: bool| {
+                logs.read(ns, pod, container, previous)
+            },
+        );
         let pods = Api::namespaced(sim.client(), "default");
         Env {
             sim,
@@ -89,11 +99,11 @@ impl Env {
         }
     }
 
-    pub fn kubelet(&self) -> &KubeletHandle {
+    pub(crate) fn kubelet(&self) -> &KubeletHandle {
         self.kubelet.as_ref().expect("kubelet running")
     }
 
-    pub async fn create(&self, pod: Value) -> Pod {
+    pub(crate) async fn create(&self, pod: Value) -> Pod {
         let p: Pod = serde_json::from_value(pod).expect("pod json");
         self.pods
             .create(&PostParams::default(), &p)
@@ -102,7 +112,7 @@ impl Env {
     }
 
     /// Poll the pod until `ok` holds; panics with the last status after `timeout`.
-    pub async fn wait(
+    pub(crate) async fn wait(
         &self,
         name: &str,
         timeout: Duration,
@@ -127,19 +137,15 @@ impl Env {
         }
     }
 
-    pub async fn wait_gone(&self, name: &str, timeout: Duration) {
-        let start = Instant::now();
-        while self.pods.get_opt(name).await.expect("get pod").is_some() {
-            assert!(
-                start.elapsed() < timeout,
-                "pod {name} still exists after {timeout:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    pub(crate) async fn wait_gone(&self, name: &str, timeout: Duration) {
+        eventually(timeout, &format!("pod {name} to be gone"), || async {
+            self.pods.get_opt(name).await.expect("get pod").is_none()
+        })
+        .await;
     }
 
     /// The real kubectl against the emulator, with a private discovery cache.
-    pub async fn kubectl(&self, args: &[&str]) -> Output {
+    pub(crate) async fn kubectl(&self, args: &[&str]) -> Output {
         tokio::process::Command::new("kubectl")
             .arg("--kubeconfig")
             .arg(&self.kubeconfig)
@@ -150,7 +156,7 @@ impl Env {
             .expect("kubectl runs")
     }
 
-    pub async fn kubectl_ok(&self, args: &[&str]) -> String {
+    pub(crate) async fn kubectl_ok(&self, args: &[&str]) -> String {
         let out = self.kubectl(args).await;
         assert!(
             out.status.success(),
@@ -162,7 +168,7 @@ impl Env {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    pub async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         if let Some(k) = self.kubelet.take() {
             k.shutdown().await;
         }
@@ -171,7 +177,7 @@ impl Env {
 }
 
 /// A pod on `sim-node` with one `sh -c SCRIPT` container named `main`.
-pub fn sh_pod(name: &str, script: &str) -> Value {
+pub(crate) fn sh_pod(name: &str, script: &str) -> Value {
     json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": name, "namespace": "default", "labels": {"app": name}},
@@ -184,14 +190,14 @@ pub fn sh_pod(name: &str, script: &str) -> Value {
     })
 }
 
-pub fn phase(p: &Pod) -> &str {
+pub(crate) fn phase(p: &Pod) -> &str {
     p.status
         .as_ref()
         .and_then(|s| s.phase.as_deref())
         .unwrap_or("")
 }
 
-pub fn condition(p: &Pod, ty: &str) -> Option<String> {
+pub(crate) fn condition(p: &Pod, ty: &str) -> Option<String> {
     p.status
         .as_ref()?
         .conditions
@@ -201,7 +207,7 @@ pub fn condition(p: &Pod, ty: &str) -> Option<String> {
         .map(|c| c.status.clone())
 }
 
-pub fn waiting_reason(p: &Pod, container: &str) -> Option<String> {
+pub(crate) fn waiting_reason(p: &Pod, container: &str) -> Option<String> {
     p.status
         .as_ref()?
         .container_statuses
@@ -217,7 +223,7 @@ pub fn waiting_reason(p: &Pod, container: &str) -> Option<String> {
 }
 
 /// Whether a process with this pid is alive (zombies count as gone).
-pub fn alive(pid: u32) -> bool {
+pub(crate) fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
         s.rsplit(')')
             .next()
@@ -227,26 +233,18 @@ pub fn alive(pid: u32) -> bool {
 }
 
 /// Read a pid a container wrote into a host directory.
-pub async fn read_pid(path: &Path, timeout: Duration) -> u32 {
-    let start = Instant::now();
-    loop {
-        if let Ok(s) = std::fs::read_to_string(path)
-            && let Ok(p) = s.trim().parse()
-        {
-            return p;
-        }
-        assert!(
-            start.elapsed() < timeout,
-            "{} not written after {timeout:?}",
-            path.display()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+pub(crate) async fn read_pid(path: &Path, timeout: Duration) -> u32 {
+    eventually(timeout, &format!("a pid in {}", path.display()), || async {
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+    })
+    .await
 }
 
 /// Host pids of live processes whose command line contains `marker` (containers have their own
 /// PID namespace, so the tests find their processes from the host side).
-pub fn pids_with(marker: &str) -> Vec<u32> {
+pub(crate) fn pids_with(marker: &str) -> Vec<u32> {
     let me = std::process::id();
     std::fs::read_dir("/proc")
         .into_iter()
@@ -264,34 +262,30 @@ pub fn pids_with(marker: &str) -> Vec<u32> {
 }
 
 /// Wait until at least `n` processes carry `marker`.
-pub async fn wait_pids(marker: &str, n: usize, timeout: Duration) -> Vec<u32> {
-    let start = Instant::now();
-    loop {
-        let p = pids_with(marker);
-        if p.len() >= n {
-            return p;
-        }
-        assert!(
-            start.elapsed() < timeout,
-            "only {} processes with {marker:?} after {timeout:?}",
-            p.len()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+pub(crate) async fn wait_pids(marker: &str, n: usize, timeout: Duration) -> Vec<u32> {
+    let what = format!("{n} processes with {marker:?}");
+    eventually(timeout, &what, || async {
+        Some(pids_with(marker)).filter(|p| p.len() >= n)
+    })
+    .await
 }
 
 /// Wait until no process carries `marker`.
-pub async fn wait_no_pids(marker: &str, timeout: Duration) {
-    let start = Instant::now();
-    loop {
-        let p = pids_with(marker);
-        if p.is_empty() {
-            return;
-        }
-        assert!(
-            start.elapsed() < timeout,
-            "processes {p:?} with {marker:?} still alive after {timeout:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+pub(crate) async fn wait_no_pids(marker: &str, timeout: Duration) {
+    let what = format!("no process with {marker:?}");
+    eventually(timeout, &what, || async { pids_with(marker).is_empty() }).await;
+}
+
+/// A pod whose `/etc/podinfo` is a downward-API volume of its annotations and labels, with an
+/// emptyDir at `/out`.
+pub(crate) fn annotated_pod(name: &str, script: &str) -> serde_json::Value {
+    let mut p = sh_pod(name, script);
+    p["spec"]["containers"][0]["volumeMounts"] = json!([{"name": "podinfo", "mountPath": "/etc/podinfo"}, {"name": "out", "mountPath": "/out"}]);
+    p["spec"]["volumes"] = json!([
+        {"name": "podinfo", "downwardAPI": {"items": [
+            {"path": "annotations", "fieldRef": {"fieldPath": "metadata.annotations"}},
+            {"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}}]}},
+        {"name": "out", "emptyDir": {}},
+    ]);
+    p
 }

@@ -13,25 +13,26 @@ use k8s_openapi::api::core::v1::{Container, PodSpec, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-pub use crate::model::Health::{self, Error, Info, Unknown, Warning};
+pub(super) use crate::model::Health::{self, Error, Info, Unknown, Warning};
 use crate::model::{
-    Action, AppVersions, Applied, Event, Input, Plan, PodData, PodPhase, PodView, Timestamp,
+    Action, AppVersions, Applied, DataSourceInfo, Event, Input, Plan, PodData, PodPhase, PodView,
+    Reaction, Timestamp,
 };
 use crate::plan::plan;
 use crate::revision::revision_of;
 
 /// `secs` seconds after a fixed instant.
-pub fn t(secs: i64) -> Timestamp {
+pub(super) fn t(secs: i64) -> Timestamp {
     Timestamp::from_second(1_800_000_000 + secs).unwrap()
 }
 
 /// A pod builder.
 #[derive(Clone, Debug)]
-pub struct PodB(pub PodView);
+pub(super) struct PodB(pub PodView);
 
 /// A Running, Ready, `info` pod created at `t(0)`, slot = name, of the revision of
 /// [`deployment()`]'s template with no version.
-pub fn pod(name: &str) -> PodB {
+pub(super) fn pod(name: &str) -> PodB {
     PodB(PodView {
         name: name.into(),
         slot: name.into(),
@@ -48,50 +49,50 @@ pub fn pod(name: &str) -> PodB {
 }
 
 impl PodB {
-    pub fn revision(mut self, r: &str) -> Self {
+    pub(super) fn revision(mut self, r: &str) -> Self {
         self.0.revision = r.into();
         self
     }
-    pub fn version(mut self, v: &str) -> Self {
+    pub(super) fn version(mut self, v: &str) -> Self {
         self.0.version = Some(v.into());
         self
     }
-    pub fn ready_since(mut self, at: Timestamp) -> Self {
+    pub(super) fn ready_since(mut self, at: Timestamp) -> Self {
         self.0.ready_since = Some(at);
         self
     }
-    pub fn not_ready(mut self) -> Self {
+    pub(super) fn not_ready(mut self) -> Self {
         self.0.ready_since = None;
         self
     }
-    pub fn health(mut self, h: Health, since: Timestamp) -> Self {
+    pub(super) fn health(mut self, h: Health, since: Timestamp) -> Self {
         self.0.health = h;
         self.0.health_since = since;
         self
     }
-    pub fn phase(mut self, p: PodPhase) -> Self {
+    pub(super) fn phase(mut self, p: PodPhase) -> Self {
         self.0.phase = p;
         self
     }
-    pub fn deleting(mut self) -> Self {
+    pub(super) fn deleting(mut self) -> Self {
         self.0.deleting = true;
         self
     }
-    pub fn created(mut self, at: Timestamp) -> Self {
+    pub(super) fn created(mut self, at: Timestamp) -> Self {
         self.0.created_at = at;
         self
     }
-    pub fn slot(mut self, s: &str) -> Self {
+    pub(super) fn slot(mut self, s: &str) -> Self {
         self.0.slot = s.into();
         self
     }
     /// `data.autocrane.io/<source>: <version>`.
-    pub fn wants(mut self, source: &str, version: &str) -> Self {
+    pub(super) fn wants(mut self, source: &str, version: &str) -> Self {
         self.0.data.entry(source.into()).or_default().desired = Some(version.into());
         self
     }
     /// The `data-<source>` watchdog reports `version` applied (ok) or failed at `at`.
-    pub fn applied(mut self, source: &str, version: &str, ok: bool, at: Timestamp) -> Self {
+    pub(super) fn applied(mut self, source: &str, version: &str, ok: bool, at: Timestamp) -> Self {
         let entry = self.0.data.entry(source.into()).or_default();
         entry.applied = Some(Applied {
             version: version.into(),
@@ -101,21 +102,21 @@ impl PodB {
         self
     }
     /// Wants and has applied `version` since `at`.
-    pub fn on(self, source: &str, version: &str, at: Timestamp) -> Self {
+    pub(super) fn on(self, source: &str, version: &str, at: Timestamp) -> Self {
         self.wants(source, version)
             .applied(source, version, true, at)
     }
-    pub fn build(self) -> PodView {
+    pub(super) fn build(self) -> PodView {
         self.0
     }
 }
 
 /// A deployment builder.
 #[derive(Clone, Debug)]
-pub struct AcdB(pub AutoCraneDeployment);
+pub(super) struct AcdB(pub AutoCraneDeployment);
 
 /// `web`, 4 replicas, no version, default rollout (25%/2m, 50%/2m, 100%), maxUnavailable 0.
-pub fn deployment() -> AcdB {
+pub(super) fn deployment() -> AcdB {
     let template = PodTemplateSpec {
         metadata: None,
         spec: Some(PodSpec {
@@ -151,11 +152,11 @@ fn secs(s: u64) -> Duration {
 }
 
 impl AcdB {
-    pub fn replicas(mut self, n: i32) -> Self {
+    pub(super) fn replicas(mut self, n: i32) -> Self {
         self.0.spec.replicas = n;
         self
     }
-    pub fn pinned(mut self, v: &str) -> Self {
+    pub(super) fn pinned(mut self, v: &str) -> Self {
         self.0.spec.version = Some(AppVersion {
             pinned: Some(v.into()),
             ..Default::default()
@@ -163,7 +164,7 @@ impl AcdB {
         self
     }
     /// Follows a source; the offered versions come from the [`World`].
-    pub fn followed(mut self) -> Self {
+    pub(super) fn followed(mut self) -> Self {
         self.0.spec.version = Some(AppVersion {
             source: Some(SourceSpec::default()),
             ..Default::default()
@@ -171,7 +172,7 @@ impl AcdB {
         self
     }
     /// Steps of (percent, bake seconds).
-    pub fn steps(mut self, steps: &[(i32, u64)]) -> Self {
+    pub(super) fn steps(mut self, steps: &[(i32, u64)]) -> Self {
         self.0.spec.rollout.steps = steps
             .iter()
             .map(|(p, b)| RolloutStep {
@@ -181,19 +182,19 @@ impl AcdB {
             .collect();
         self
     }
-    pub fn surge(mut self, v: IntOrString) -> Self {
+    pub(super) fn surge(mut self, v: IntOrString) -> Self {
         self.0.spec.rollout.max_surge = v;
         self
     }
-    pub fn max_unavailable(mut self, v: IntOrString) -> Self {
+    pub(super) fn max_unavailable(mut self, v: IntOrString) -> Self {
         self.0.spec.rollout.max_unavailable = v;
         self
     }
-    pub fn deadline(mut self, s: u64) -> Self {
+    pub(super) fn deadline(mut self, s: u64) -> Self {
         self.0.spec.rollout.progress_deadline = secs(s);
         self
     }
-    pub fn data_source(mut self, name: &str) -> Self {
+    pub(super) fn data_source(mut self, name: &str) -> Self {
         self.0.spec.data.push(DataSource {
             name: name.into(),
             source: SourceSpec::default(),
@@ -201,21 +202,27 @@ impl AcdB {
         });
         self
     }
-    pub fn canary(mut self, percent: i32, bake: u64) -> Self {
+    pub(super) fn canary(mut self, percent: i32, bake: u64) -> Self {
         self.0.spec.data_rollout.canary_percent = percent;
         self.0.spec.data_rollout.bake = secs(bake);
         self
     }
-    pub fn data_deadline(mut self, secs_: u64) -> Self {
+    pub(super) fn data_deadline(mut self, secs_: u64) -> Self {
         self.0.spec.data_rollout.progress_deadline = secs(secs_);
         self
     }
-    pub fn exclusive(mut self, on: bool) -> Self {
+    pub(super) fn exclusive(mut self, on: bool) -> Self {
         self.0.spec.data_rollout.exclusive_with_app_rollout = on;
         self
     }
     /// Failing limit: threshold seconds, concurrent restarts, restarts per pod, window seconds.
-    pub fn failing(mut self, threshold: u64, concurrent: i32, per_pod: i32, window: u64) -> Self {
+    pub(super) fn failing(
+        mut self,
+        threshold: u64,
+        concurrent: i32,
+        per_pod: i32,
+        window: u64,
+    ) -> Self {
         self.0.spec.failing_limit = FailingLimit {
             error_threshold: secs(threshold),
             max_concurrent_restarts: concurrent,
@@ -224,30 +231,38 @@ impl AcdB {
         };
         self
     }
-    pub fn template_image(mut self, image: &str) -> Self {
+    pub(super) fn template_image(mut self, image: &str) -> Self {
         self.0.spec.template.spec.as_mut().unwrap().containers[0].image = Some(image.into());
         self
     }
-    pub fn status(mut self, f: impl FnOnce(&mut AutoCraneDeploymentStatus)) -> Self {
+    /// `metadata.deletionTimestamp` set (at `t(0)`).
+    pub(super) fn deleting(mut self) -> Self {
+        self.0.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(t(0)));
+        self
+    }
+    pub(super) fn status(mut self, f: impl FnOnce(&mut AutoCraneDeploymentStatus)) -> Self {
         f(self.0.status.get_or_insert_with(Default::default));
         self
     }
     /// The revision this deployment's template makes at `version`.
-    pub fn rev(&self, version: Option<&str>) -> String {
+    pub(super) fn rev(&self, version: Option<&str>) -> String {
         revision_of(&self.0.spec.template, version).unwrap()
     }
-    pub fn build(self) -> AutoCraneDeployment {
+    pub(super) fn build(self) -> AutoCraneDeployment {
         self.0
     }
 }
 
 /// A simulated cluster around one deployment.
 #[derive(Clone, Debug)]
-pub struct World {
+pub(super) struct World {
     pub acd: AutoCraneDeployment,
     pub pods: Vec<PodView>,
     pub offered: AppVersions,
     pub data: BTreeMap<String, Vec<String>>,
+    /// Per data source: its id and sync times (empty: unknown).
+    pub sources: BTreeMap<String, DataSourceInfo>,
     pub now: Timestamp,
     /// App versions whose pods go `error` once started.
     pub broken_versions: BTreeSet<String>,
@@ -259,36 +274,40 @@ pub struct World {
     pub events: Vec<Event>,
     /// Every action taken so far.
     pub actions: Vec<Action>,
+    /// Every reaction time reported so far.
+    pub reactions: Vec<Reaction>,
 }
 
 impl World {
-    pub fn new(acd: AcdB) -> Self {
+    pub(super) fn new(acd: AcdB) -> Self {
         Self {
             acd: acd.build(),
             pods: vec![],
             offered: AppVersions::default(),
             data: BTreeMap::new(),
+            sources: BTreeMap::new(),
             now: t(0),
             broken_versions: BTreeSet::new(),
             broken_data: BTreeSet::new(),
             silent_data: BTreeSet::new(),
             events: vec![],
             actions: vec![],
+            reactions: vec![],
         }
     }
 
     /// A deployment that already runs: planned and started until nothing changes.
-    pub fn running(acd: AcdB) -> Self {
+    pub(super) fn running(acd: AcdB) -> Self {
         let mut world = Self::new(acd);
         world.settle(20);
         world
     }
 
-    pub fn status(&self) -> AutoCraneDeploymentStatus {
+    pub(super) fn status(&self) -> AutoCraneDeploymentStatus {
         self.acd.status.clone().unwrap_or_default()
     }
 
-    pub fn condition(&self, type_: &str) -> Condition {
+    pub(super) fn condition(&self, type_: &str) -> Condition {
         self.status()
             .conditions
             .into_iter()
@@ -296,22 +315,24 @@ impl World {
             .expect("condition present")
     }
 
-    pub fn plan(&self) -> Plan {
+    pub(super) fn plan(&self) -> Plan {
         plan(Input {
             deployment: &self.acd,
             pods: &self.pods,
             app_versions: &self.offered,
             data_versions: &self.data,
+            data_sources: &self.sources,
             now: self.now,
         })
         .expect("plan")
     }
 
     /// Carries out a plan: status written, pods created (Pending), deleted (terminating), annotated.
-    pub fn apply(&mut self, plan: &Plan) {
+    pub(super) fn apply(&mut self, plan: &Plan) {
         self.acd.status = Some(plan.status.clone());
         self.events.extend(plan.events.iter().cloned());
         self.actions.extend(plan.actions.iter().cloned());
+        self.reactions.extend(plan.reactions.iter().cloned());
         for action in &plan.actions {
             match action {
                 Action::CreatePod {
@@ -369,7 +390,7 @@ impl World {
     }
 
     /// Plans and applies once.
-    pub fn step(&mut self) -> Plan {
+    pub(super) fn step(&mut self) -> Plan {
         let plan = self.plan();
         self.apply(&plan);
         plan
@@ -377,7 +398,7 @@ impl World {
 
     /// The kubelet and the DataDeployers: terminating pods vanish, pending pods start Ready
     /// (going `error` when their version is broken), desired data versions get applied.
-    pub fn kubelet(&mut self) {
+    pub(super) fn kubelet(&mut self) {
         self.pods.retain(|p| !p.deleting);
         let now = self.now;
         for pod in &mut self.pods {
@@ -426,7 +447,7 @@ impl World {
         }
     }
 
-    pub fn tick(&mut self, secs: i64) {
+    pub(super) fn tick(&mut self, secs: i64) {
         self.now = self
             .now
             .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(secs))
@@ -434,7 +455,7 @@ impl World {
     }
 
     /// Plan, apply, kubelet, tick — `rounds` times, or until a round changes nothing.
-    pub fn settle(&mut self, rounds: usize) {
+    pub(super) fn settle(&mut self, rounds: usize) {
         for _ in 0..rounds {
             let plan = self.step();
             let before = self.pods.clone();
@@ -449,7 +470,7 @@ impl World {
         }
     }
 
-    pub fn pod_mut(&mut self, name: &str) -> &mut PodView {
+    pub(super) fn pod_mut(&mut self, name: &str) -> &mut PodView {
         self.pods
             .iter_mut()
             .find(|p| p.name == name)
@@ -457,14 +478,14 @@ impl World {
     }
 
     /// Live pods (not terminating) running `version`.
-    pub fn on_version(&self, version: &str) -> usize {
+    pub(super) fn on_version(&self, version: &str) -> usize {
         self.pods
             .iter()
             .filter(|p| !p.deleting && p.version.as_deref() == Some(version))
             .count()
     }
 
-    pub fn desiring(&self, source: &str, version: &str) -> usize {
+    pub(super) fn desiring(&self, source: &str, version: &str) -> usize {
         self.pods
             .iter()
             .filter(|p| {
@@ -474,13 +495,13 @@ impl World {
             .count()
     }
 
-    pub fn event_reasons(&self) -> Vec<&'static str> {
+    pub(super) fn event_reasons(&self) -> Vec<&'static str> {
         self.events.iter().map(|e| e.reason).collect()
     }
 }
 
 /// Plans once over loose parts.
-pub fn plan_for(
+pub(super) fn plan_for(
     acd: &AutoCraneDeployment,
     pods: &[PodView],
     data: &[(&str, &[&str])],
@@ -495,13 +516,14 @@ pub fn plan_for(
         pods,
         app_versions: &AppVersions::default(),
         data_versions: &data,
+        data_sources: &BTreeMap::new(),
         now,
     })
     .expect("plan")
 }
 
 /// The data annotations a plan sets, as `(pod, source, version)`.
-pub fn data_sets(plan: &Plan) -> Vec<(String, String, String)> {
+pub(super) fn data_sets(plan: &Plan) -> Vec<(String, String, String)> {
     plan.actions
         .iter()
         .filter_map(|a| match a {
@@ -515,7 +537,7 @@ pub fn data_sets(plan: &Plan) -> Vec<(String, String, String)> {
         .collect()
 }
 
-pub fn deletes(plan: &Plan) -> Vec<String> {
+pub(super) fn deletes(plan: &Plan) -> Vec<String> {
     plan.actions
         .iter()
         .filter_map(|a| {
@@ -528,7 +550,7 @@ pub fn deletes(plan: &Plan) -> Vec<String> {
         .collect()
 }
 
-pub fn creates(plan: &Plan) -> Vec<(String, Option<String>)> {
+pub(super) fn creates(plan: &Plan) -> Vec<(String, Option<String>)> {
     plan.actions
         .iter()
         .filter_map(|a| {

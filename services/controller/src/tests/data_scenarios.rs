@@ -5,7 +5,7 @@ use autocrane_api::crd::DataStage;
 
 use super::builders::*;
 use crate::conditions::reason;
-use crate::model::{Action, PodPhase};
+use crate::model::{Action, Plan, PodPhase};
 
 /// 8 pods of v1 using sources `d` and `e`, canary 25% (2 pods), bake 300 s, `a` LKG for both.
 fn world() -> World {
@@ -184,6 +184,90 @@ fn a_canary_that_never_reports_fails_the_version_at_the_data_progress_deadline()
     );
     assert_eq!(world.status().data[0].stage, None);
     assert_eq!(world.status().data[0].lkg.as_deref(), Some("a"));
+}
+
+/// A canary that goes away once the data progress deadline has passed is replaced, and the
+/// replacement has the whole deadline from the moment it is asked. (It used to be judged against
+/// the stage's start: failed by the very next pass, which then asked for the same quarantine and
+/// reverts on every pass after applying them.)
+#[test]
+fn a_canary_replaced_after_the_data_deadline_gets_a_deadline_of_its_own() {
+    let mut world = with_data_deadline(900, 600);
+    world.data.insert("d".into(), vec!["b".into(), "a".into()]);
+    world.step();
+    world.kubelet();
+    assert_eq!(world.desiring("d", "b"), 1, "one canary");
+    let wants_b = |plan: &Plan| -> Vec<String> {
+        data_sets(plan)
+            .into_iter()
+            .filter(|(_, _, v)| v == "b")
+            .map(|(p, _, _)| p)
+            .collect()
+    };
+    let first = world
+        .pods
+        .iter()
+        .find(|p| p.data["d"].desired.as_deref() == Some("b"))
+        .unwrap()
+        .name
+        .clone();
+    world.tick(600);
+    let plan = world.step();
+    assert_eq!(plan.status.data[0].stage, Some(DataStage::Canary), "baking");
+
+    // The canary is evicted at the deadline, and `b` stops reporting from now on.
+    world.pod_mut(&first).deleting = true;
+    world.silent_data.insert("b".into());
+    let plan = world.step();
+    let replacement = wants_b(&plan);
+    assert_eq!(
+        replacement.len(),
+        1,
+        "one replacement canary: {:?}",
+        plan.actions
+    );
+    assert_ne!(replacement[0], first);
+    assert!(plan.status.data[0].bad.is_empty(), "nothing failed yet");
+    let again = world.plan();
+    assert!(
+        again.actions.is_empty(),
+        "re-plan wants {:?}",
+        again.actions
+    );
+    assert!(again.events.is_empty(), "re-plan emits {:?}", again.events);
+
+    world.kubelet();
+    world.tick(599);
+    let plan = world.step();
+    assert_eq!(plan.status.data[0].stage, Some(DataStage::Canary));
+    assert!(
+        plan.status.data[0].bad.is_empty(),
+        "within its own deadline"
+    );
+    world.tick(1);
+    let plan = world.step();
+    assert_eq!(plan.status.data[0].bad.len(), 1);
+    assert!(
+        plan.status.data[0].bad[0].reason.contains(&replacement[0]),
+        "{}",
+        plan.status.data[0].bad[0].reason
+    );
+    let quarantines = |plan: &Plan| {
+        plan.actions
+            .iter()
+            .filter(|a| matches!(a, Action::QuarantineDataVersion { .. }))
+            .count()
+    };
+    assert_eq!(quarantines(&plan), 1);
+    let again = world.plan();
+    assert!(
+        again.actions.is_empty(),
+        "re-plan wants {:?}",
+        again.actions
+    );
+    world.settle(10);
+    assert_eq!(world.desiring("d", "b"), 0, "back on LKG");
+    assert_eq!(quarantines(&world.plan()), 0, "quarantined once");
 }
 
 #[test]

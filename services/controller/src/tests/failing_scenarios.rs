@@ -72,6 +72,8 @@ fn stable_pod_in_error_past_threshold_is_restarted_in_its_slot() {
         }]
     );
     assert!(world.event_reasons().contains(&reason::POD_RESTARTED));
+    let note = &plan.events[0].note;
+    assert!(note.contains("(1 of 2 restarts in 1h)"), "{note}");
     assert_eq!(
         world.condition(condition::DEGRADED).reason,
         reason::WITHIN_FAILING_LIMIT
@@ -209,4 +211,65 @@ fn terminated_pods_are_replaced() {
         }
     )));
     assert_eq!(creates(&plan).len(), 1);
+}
+
+/// Two pods restarted in one pass are each replaced in their own slot (in slot order, each under
+/// a new name while the old pod terminates); a pod added later takes a slot no pod and no
+/// restart record uses.
+#[test]
+fn restarted_pods_keep_their_slots_and_new_pods_take_fresh_ones() {
+    let mut world = World::running(
+        deployment()
+            .replicas(4)
+            .pinned("v1")
+            .failing(60, 2, 2, 3600),
+    );
+    let mut slots: Vec<String> = world.pods.iter().map(|p| p.slot.clone()).collect();
+    slots.sort();
+    fail(&mut world, 3);
+    fail(&mut world, 1);
+    world.tick(60);
+    let plan = world.step();
+    assert_eq!(restarts(&plan).len(), 2);
+    let created: Vec<(String, String)> = plan
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::CreatePod { name, slot, .. } => Some((slot.clone(), name.clone())),
+            _ => None,
+        })
+        .collect();
+    let mut failed = [world.pods[1].slot.clone(), world.pods[3].slot.clone()];
+    failed.sort();
+    assert_eq!(
+        created,
+        failed
+            .iter()
+            .map(|s| (s.clone(), format!("{s}-1")))
+            .collect::<Vec<_>>()
+    );
+    world.kubelet();
+    // The slot of a pod that is gone for good stays taken while its restart record lasts.
+    world.pods.retain(|p| p.slot != failed[0]);
+    world.acd.spec.replicas = 4;
+    let plan = world.step();
+    let fresh: Vec<String> = plan
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::CreatePod { slot, .. } => Some(slot.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(fresh.len(), 1);
+    assert!(
+        !slots.contains(&fresh[0]),
+        "{fresh:?} reuses one of {slots:?}"
+    );
+    let revision = &world.pods[0].revision;
+    assert_eq!(
+        fresh[0],
+        format!("web-{revision}-4"),
+        "the first unused index"
+    );
 }

@@ -6,10 +6,12 @@ use std::collections::BTreeSet;
 
 use autocrane_api::crd::{DataStage, RolloutStep};
 use autocrane_api::duration::Duration;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use proptest::prelude::*;
 
 use super::builders::*;
+use super::oracles::{Ledger, check_deletion, check_plan_by_oracles, oracle_min_available};
 use crate::data_oracle::canary_count;
 use crate::failing::in_flight;
 use crate::model::{Action, DeleteReason, Plan, PodPhase, PodView, after, elapsed};
@@ -290,23 +292,47 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     /// Every invariant, after every pass; re-planning right after applying a plan does nothing;
-    /// and once the fleet is left alone, no pod runs a version that was rolled back.
+    /// and once the fleet is left alone, no pod runs a version that was rolled back. When the
+    /// deployment is deleted at some point (its finalizer kept while events go on, as when the
+    /// unpins keep failing), no pod is created for it any more and every pinned version is
+    /// unpinned.
     #[test]
-    fn plans_keep_their_promises(mut world in world(), events in prop::collection::vec(event(), 1..40)) {
+    fn plans_keep_their_promises(
+        mut world in world(),
+        events in prop::collection::vec(event(), 1..40),
+        delete_at in prop::option::of(0usize..40),
+    ) {
         let mut versions = 0;
         let mut data = [0, 0];
-        for ev in &events {
+        let mut ledger = Ledger::default();
+        let window = world.acd.spec.failing_limit.window.as_std();
+        for (i, ev) in events.iter().enumerate() {
+            if delete_at == Some(i) {
+                world.acd.metadata.deletion_timestamp = Some(Time(world.now));
+            }
+            let deleting = world.acd.metadata.deletion_timestamp.is_some();
             let down_before = in_flight(&world.status().restarts, &world.pods);
+            let oracle_down_before = ledger.down(&world.pods, window, world.now);
             let plan = world.plan();
-            check_plan(&world, &plan)?;
+            if deleting {
+                // The status is not written any more (it may describe restarts long past).
+                check_deletion(&world, &plan)?;
+            } else {
+                check_plan(&world, &plan)?;
+            }
+            check_plan_by_oracles(&world, &plan, &ledger)?;
+            ledger.record(&world, &plan);
             world.apply(&plan);
             let again = world.plan();
+            // A deleting deployment's unpins repeat (idempotently) until its finalizer goes.
+            let expected = if deleting { plan.actions.clone() } else { Vec::new() };
             prop_assert!(
-                again.actions.is_empty(),
+                again.actions == expected,
                 "re-plan after {ev:?} wants {:?}\nfirst: {:?}\ndata: {:?}\nthen: {:?}\npods: {:?}",
                 again.actions, plan.actions, plan.status.data, again.status.data, world.pods
             );
             prop_assert!(again.events.is_empty(), "re-plan emits {:?}", again.events);
+            prop_assert!(again.reactions.is_empty(), "re-plan reports {:?}", again.reactions);
             // The status describes the pods as observed before the plan's actions, so it may
             // still move once; after a pass with nothing to do it must hold, or the controller
             // would write the status forever.
@@ -320,7 +346,13 @@ proptest! {
             let in_flight = in_flight(&status.restarts, &world.pods);
             let restarted = plan.actions.iter().any(|a| matches!(a, Action::DeletePod { reason: DeleteReason::Restart, .. }));
             prop_assert!(!restarted || in_flight <= limit.max(down_before), "{in_flight} restarts in flight, limit {limit}\nrecords: {:?}\npods: {:?}\nfirst: {:?}", status.restarts, world.pods, plan.actions);
+            let oracle_down = ledger.down(&world.pods, window, world.now);
+            prop_assert!(!restarted || oracle_down <= limit.max(oracle_down_before), "oracle: {oracle_down} slots down after restarts, limit {limit}\nrestarts seen: {:?}\npods: {:?}", ledger.restarts, world.pods);
             apply_event(&mut world, ev, &mut versions, &mut data);
+        }
+        if world.acd.metadata.deletion_timestamp.is_some() {
+            // Gone once the wiring drops the finalizer: nothing converges any more.
+            return Ok(());
         }
         // Left alone: pods heal unless their version is broken; rollbacks complete.
         for pod in &mut world.pods {
@@ -331,7 +363,21 @@ proptest! {
                 }
             }
         }
-        world.settle(200);
+        // `World::settle`, with the harness noting every plan.
+        for _ in 0..200 {
+            let plan = world.plan();
+            ledger.record(&world, &plan);
+            world.apply(&plan);
+            let before = world.pods.clone();
+            world.kubelet();
+            if plan.actions.is_empty() && before == world.pods && plan.requeue_after.is_none() {
+                break;
+            }
+            let wait = plan
+                .requeue_after
+                .map_or(1, |d| i64::try_from(d.as_secs()).unwrap_or(1).clamp(1, 60));
+            world.tick(wait);
+        }
         // The one exception is deliberate: an available pod of a rolled-back version stays while
         // removing it would take availability below replicas - maxUnavailable (the stable pods
         // are failing too and cannot replace it).
@@ -342,6 +388,17 @@ proptest! {
             .iter()
             .filter(|p| p.available() && !bad.contains(&p.revision, p.version.as_deref()))
             .count();
+        // The same judged by the harness: versions it saw rolled back, the floor from the spec.
+        let oracle_floor = oracle_min_available(&world.acd.spec);
+        let rolled_back = |p: &PodView| p.version.as_ref().is_some_and(|v| ledger.rolled_back.contains(v));
+        let oracle_good = world.pods.iter().filter(|p| p.available() && !rolled_back(p)).count();
+        for pod in world.pods.iter().filter(|p| !p.deleting) {
+            prop_assert!(
+                (pod.available() && oracle_good < oracle_floor) || !rolled_back(pod),
+                "oracle: {} still runs rolled-back {:?}\npods: {:?}",
+                pod.name, pod.version, world.pods
+            );
+        }
         for pod in world.pods.iter().filter(|p| !p.deleting) {
             let needed = pod.available() && good_available < min_available;
             prop_assert!(

@@ -236,6 +236,7 @@ fn followed_source_skips_bad_and_quarantined_versions() {
     world.offered = AppVersions {
         candidates: vec!["v3".into(), "v2".into()],
         quarantined: ["v3".into()].into(),
+        ..Default::default()
     };
     world.settle(5);
     assert_eq!(world.on_version("v2"), 2);
@@ -251,6 +252,7 @@ fn no_usable_version_creates_nothing() {
     world.offered = AppVersions {
         candidates: vec!["v1".into()],
         quarantined: ["v1".into()].into(),
+        ..Default::default()
     };
     let plan = world.step();
     assert!(plan.actions.is_empty());
@@ -322,6 +324,7 @@ fn invalid_int_or_string_is_an_error_naming_the_field() {
         pods: &[],
         app_versions: &AppVersions::default(),
         data_versions: &Default::default(),
+        data_sources: &Default::default(),
         now: t(0),
     })
     .unwrap_err();

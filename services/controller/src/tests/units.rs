@@ -1,9 +1,16 @@
 //! Small scenarios on single decisions, built from pods directly.
 
+use std::collections::BTreeSet;
+
+use autocrane_api::crd::{DataRollout, DataSourceStatus, FailingLimit, RestartRecord};
+use autocrane_api::duration::Duration;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::builders::*;
-use crate::model::{DeleteReason, PodPhase, PodView};
+use crate::data_oracle;
+use crate::failing::{self, in_flight};
+use crate::model::{DeleteReason, PodPhase, PodView, Timestamp, Wakeup};
 use crate::rollout::{Budget, converge, step_count};
 
 fn budget(replicas: usize, surge: usize, max_unavailable: usize) -> Budget {
@@ -116,4 +123,279 @@ fn converge_replaces_pods_of_unwanted_revisions() {
     let (creates, deletes) = converge(&live, &[("good".to_string(), None, 2)], budget(2, 0, 0));
     assert_eq!(deletes, [("bad".to_string(), DeleteReason::Replaced)]);
     assert_eq!(creates, [("good".to_string(), None, 1)]);
+}
+
+#[test]
+fn a_wakeup_keeps_the_earliest_instant_still_to_come() {
+    let secs = std::time::Duration::from_secs;
+    let mut wake = Wakeup::new(t(10));
+    wake.at(t(10));
+    wake.at(t(5));
+    assert_eq!(wake.after(), None, "now and the past are not waited for");
+    wake.at(t(30));
+    assert_eq!(wake.after(), Some(secs(20)));
+    wake.at(t(40));
+    assert_eq!(
+        wake.after(),
+        Some(secs(20)),
+        "a later instant does not replace it"
+    );
+    wake.at(t(20));
+    assert_eq!(wake.after(), Some(secs(10)), "an earlier one does");
+    wake.at(t(11));
+    assert_eq!(wake.after(), Some(secs(1)));
+}
+
+#[test]
+fn surge_is_only_forced_to_one_when_both_limits_are_zero() {
+    let spec = |surge: i32, unavailable: i32| {
+        deployment()
+            .replicas(4)
+            .surge(IntOrString::Int(surge))
+            .max_unavailable(IntOrString::Int(unavailable))
+            .build()
+            .spec
+    };
+    assert_eq!(Budget::from_spec(&spec(0, 1)).unwrap(), budget(4, 0, 1));
+    assert_eq!(Budget::from_spec(&spec(2, 0)).unwrap(), budget(4, 2, 0));
+    assert_eq!(Budget::from_spec(&spec(0, 0)).unwrap(), budget(4, 1, 0));
+    let negative = deployment().replicas(-3).build().spec;
+    assert_eq!(Budget::from_spec(&negative).unwrap().replicas, 0);
+    assert_eq!(budget(4, 0, 1).min_available(), 3);
+    assert_eq!(budget(1, 0, 3).min_available(), 0, "never below zero");
+}
+
+/// A restart record of slot `s` at `at`, and whether it is in flight among `pods`.
+fn in_flight_of(at: Timestamp, pods: &[PodView]) -> usize {
+    let record = RestartRecord {
+        pod: "s".into(),
+        at: Time(at),
+    };
+    in_flight(&[record.clone(), record], pods)
+}
+
+#[test]
+fn a_restart_is_in_flight_until_its_replacement_is_ready() {
+    let t100 = t(100);
+    let original = || pod("s").created(t(0));
+    assert_eq!(in_flight_of(t100, &[]), 0, "an empty slot holds nothing");
+    assert_eq!(
+        in_flight_of(t100, &[original().deleting().build()]),
+        1,
+        "the restarted pod is terminating, no replacement yet (two records, one slot)"
+    );
+    let replacement = || pod("s-1").slot("s").created(t100);
+    assert_eq!(
+        in_flight_of(
+            t100,
+            &[
+                original().deleting().build(),
+                replacement().not_ready().build()
+            ]
+        ),
+        1,
+        "the replacement is starting"
+    );
+    assert_eq!(
+        in_flight_of(
+            t100,
+            &[original().deleting().build(), replacement().build()]
+        ),
+        0,
+        "the replacement is Ready"
+    );
+    assert_eq!(
+        in_flight_of(t100, &[replacement().not_ready().deleting().build()]),
+        0,
+        "the replacement itself is going away"
+    );
+    assert_eq!(
+        in_flight_of(
+            t100,
+            &[
+                replacement().not_ready().build(),
+                pod("s-2").slot("s").created(t100).build()
+            ]
+        ),
+        0,
+        "one Ready replacement ends it"
+    );
+    // `creationTimestamp` has whole seconds: a pod created in the second before the record is
+    // still the restarted one, not its replacement.
+    let before = pod("s").created(t(99)).not_ready().deleting().build();
+    assert_eq!(in_flight_of(t100, std::slice::from_ref(&before)), 1);
+    let half = t100
+        .checked_add(k8s_openapi::jiff::SignedDuration::from_millis(500))
+        .unwrap();
+    let same_second = pod("s").created(t100).not_ready().deleting().build();
+    assert_eq!(
+        in_flight_of(half, &[same_second]),
+        0,
+        "created within the record's second: a replacement, going away"
+    );
+    assert_eq!(
+        in_flight_of(t(98), &[before]),
+        0,
+        "created after the restart"
+    );
+}
+
+/// On first sight (no status yet) the stable revision is the one most pods run; a tie goes to the
+/// target, then to the first revision by name; with no pods it is the target itself.
+#[test]
+fn on_first_sight_the_stable_revision_is_the_one_most_pods_run() {
+    let acd = deployment().replicas(3).build();
+    let target = deployment().rev(None);
+    let stable = |pods: &[PodView]| {
+        let status = plan_for(&acd, pods, &[], t(0)).status;
+        (status.current_revision.unwrap(), status.current_version)
+    };
+    let on = |name: &str, revision: &str| pod(name).revision(revision).build();
+    assert_eq!(stable(&[]), (target.clone(), None));
+    assert_eq!(
+        stable(&[on("a", "x"), on("b", "x"), on("c", &target)]),
+        ("x".to_string(), None)
+    );
+    assert_eq!(
+        stable(&[on("a", "x"), on("c", &target)]),
+        (target.clone(), None),
+        "a tie goes to the target"
+    );
+    assert_eq!(stable(&[on("a", "y"), on("b", "x")]).0, "x");
+    assert_eq!(stable(&[on("a", "x"), on("b", "y")]).0, "x");
+    let versioned = [pod("a").revision("x").version("v7").build()];
+    assert_eq!(
+        stable(&versioned),
+        ("x".to_string(), Some("v7".to_string())),
+        "with the version its pods run"
+    );
+}
+
+/// A restart whose replacement this same pass deletes (a scale-down) holds no slot down any more,
+/// so another failing pod may be restarted within a limit of one.
+#[test]
+fn a_replacement_deleted_by_this_pass_frees_its_restart_slot() {
+    let limit = FailingLimit {
+        error_threshold: Duration::from_secs(0),
+        max_concurrent_restarts: 1,
+        max_restarts_per_pod: 3,
+        window: Duration::from_secs(3600),
+    };
+    let records = [RestartRecord {
+        pod: "s".into(),
+        at: Time(t(100)),
+    }];
+    let pods = [
+        pod("s-1").slot("s").created(t(100)).not_ready().build(),
+        pod("f").health(Error, t(0)).build(),
+    ];
+    let stable = pods[1].revision.clone();
+    let decide = |gone: &BTreeSet<String>| {
+        let live: Vec<&PodView> = pods.iter().filter(|p| !gone.contains(&p.name)).collect();
+        let mut wake = Wakeup::new(t(110));
+        failing::decide(
+            &limit,
+            &stable,
+            &live,
+            &pods,
+            gone,
+            &records,
+            t(110),
+            &mut wake,
+        )
+        .restart
+    };
+    assert!(decide(&BTreeSet::new()).is_empty(), "slot s is still down");
+    assert_eq!(decide(&BTreeSet::from(["s-1".to_string()])), ["f"]);
+}
+
+#[test]
+fn restart_records_leave_the_window_at_its_end() {
+    let limit = FailingLimit {
+        window: Duration::from_secs(3600),
+        ..FailingLimit::default()
+    };
+    let records = [
+        RestartRecord {
+            pod: "old".into(),
+            at: Time(t(0)),
+        },
+        RestartRecord {
+            pod: "recent".into(),
+            at: Time(t(1)),
+        },
+    ];
+    let mut wake = Wakeup::new(t(3600));
+    let kept = failing::decide(
+        &limit,
+        "r",
+        &[],
+        &[],
+        &BTreeSet::new(),
+        &records,
+        t(3600),
+        &mut wake,
+    );
+    assert_eq!(kept.records, records[1..]);
+}
+
+/// `status.current` is the version every pod has applied, and only then.
+#[test]
+fn the_current_data_version_is_the_one_every_pod_applied() {
+    let old = DataSourceStatus {
+        name: "d".into(),
+        current: Some("a".into()),
+        lkg: Some("a".into()),
+        ..Default::default()
+    };
+    let current = |pods: &[PodView]| {
+        let live: Vec<&PodView> = pods.iter().collect();
+        let mut wake = Wakeup::new(t(10));
+        data_oracle::advance(&DataRollout::default(), &old, &live, t(10), &mut wake)
+            .status
+            .current
+    };
+    let b = || pod("p1").on("d", "b", t(1)).build();
+    assert_eq!(
+        current(&[b(), pod("p2").on("d", "b", t(1)).build()]),
+        Some("b".into())
+    );
+    assert_eq!(
+        current(&[b(), pod("p2").on("d", "a", t(0)).build()]),
+        Some("a".into())
+    );
+    let failed = pod("p2")
+        .wants("d", "b")
+        .applied("d", "b", false, t(1))
+        .build();
+    assert_eq!(
+        current(&[b(), failed]),
+        Some("a".into()),
+        "a failed apply is not applied"
+    );
+}
+
+/// With nothing to fall back to (no LKG, nothing synced), annotations are cleared, and pods
+/// without one are left alone.
+#[test]
+fn with_nothing_to_hold_annotations_are_cleared() {
+    let status = DataSourceStatus {
+        name: "d".into(),
+        ..Default::default()
+    };
+    let pods = [pod("p1").wants("d", "x").build(), pod("p2").build()];
+    let live: Vec<&PodView> = pods.iter().collect();
+    let decision = data_oracle::start_and_assign(
+        &DataRollout::default(),
+        data_oracle::SourceDecision {
+            status,
+            ..Default::default()
+        },
+        &[],
+        &live,
+        false,
+        t(0),
+    );
+    assert_eq!(decision.clear, ["p1"]);
+    assert!(decision.set.is_empty());
 }

@@ -13,7 +13,7 @@ pub mod oci;
 
 use std::{sync::Arc, time::Duration};
 
-use autocrane_api::runtime::local_dirs::AllowedDirectories;
+use autocrane_runtime::{errors::error_chain, upstream::local_dirs::AllowedDirectories};
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
@@ -49,7 +49,7 @@ impl ProbeError {
     }
 }
 
-type HttpsClient = Client<autocrane_api::runtime::upstream_http::UpstreamConnector, Full<Bytes>>;
+type HttpsClient = Client<autocrane_runtime::upstream::http::UpstreamConnector, Full<Bytes>>;
 
 /// Shared I/O context of all probers.
 #[derive(Clone, Debug)]
@@ -88,7 +88,7 @@ impl Upstreams {
         let client = Client::builder(hyper_util::rt::TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(4)
-            .build(autocrane_api::runtime::upstream_http::connector());
+            .build(autocrane_runtime::upstream::http::connector());
         Self {
             client,
             limiter,
@@ -176,17 +176,6 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
             .unwrap_or(Duration::ZERO),
     };
     Some(delay.min(Duration::from_secs(3600)))
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Probes `spec`'s upstream. `pick_digests` chooses, from the listed tag names, those worth a

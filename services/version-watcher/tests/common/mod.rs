@@ -1,18 +1,20 @@
-//! Test fixtures: a real registry (Debian `docker-registry`), a real `git daemon`, the watcher
-//! in-process or as the real `autocrane` binary, and stream helpers.
+//! The VersionWatcher's own fixtures: a real registry (Debian `docker-registry`) pushed to over
+//! the distribution API, the watcher in-process or as the real `autocrane` binary, and helpers on
+//! its watch stream. Everything general (processes, ports, git, waiting) is the workspace harness,
+//! `autocrane_test_support`, re-exported here.
 //!
 //! Every tool is required: a missing one fails the test with the command that installs it.
 #![allow(dead_code)]
 
 use std::{
-    net::{SocketAddr, TcpListener},
+    net::SocketAddr,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
 use autocrane_api::proto::version_v1::{self as pb, version_watcher_client::VersionWatcherClient};
-use autocrane_api::runtime::{
+use autocrane_runtime::{
     args::{OptionalAddr, ServerArgs},
     process::Process,
     shutdown::{Shutdown, ShutdownTrigger},
@@ -22,34 +24,15 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use tonic::{Streaming, transport::Channel};
 
-pub type Grpc = VersionWatcherClient<Channel>;
+pub(crate) use autocrane_test_support::{
+    Running, accepting, autocrane_bin, eventually, free_port, system_tool,
+};
 
-/// A free TCP port on 127.0.0.1 (bound and released; the race is acceptable for tests).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The path of `tool` on PATH, or a loud failure naming how to install it.
-pub fn require_tool(tool: &str, install: &str) -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    for dir in
-        std::env::split_paths(&path).chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/sbin")])
-    {
-        let candidate = dir.join(tool);
-        if candidate.is_file() {
-            return candidate;
-        }
-    }
-    panic!("`{tool}` is required by this test but missing; install it with: {install}");
-}
+pub(crate) type Grpc = VersionWatcherClient<Channel>;
 
 // ---- HTTP ---------------------------------------------------------------------------------
 
-pub async fn http(
+pub(crate) async fn http(
     method: &str,
     url: &str,
     headers: &[(&str, &str)],
@@ -80,28 +63,28 @@ fn sha256(bytes: &[u8]) -> String {
 // ---- registry -----------------------------------------------------------------------------
 
 /// A `docker-registry` process on 127.0.0.1 with its own root directory.
-pub struct Registry {
+pub(crate) struct Registry {
     pub port: u16,
     dir: tempfile::TempDir,
-    child: Option<Child>,
+    process: Option<Running>,
     /// `Authorization` for pushes when the registry requires basic auth.
     authorization: Option<String>,
 }
 
 impl Registry {
     /// Starts a registry; with `notify`, its notifications go to that URL.
-    pub async fn start(notify: Option<&str>) -> Registry {
+    pub(crate) async fn start(notify: Option<&str>) -> Registry {
         Self::start_with(notify, None).await
     }
 
     /// Starts a registry that requires basic auth as `user:password` (an htpasswd file with a
     /// bcrypt hash made by python3's `crypt`).
-    pub async fn start_with_basic_auth(user: &str, password: &str) -> Registry {
+    pub(crate) async fn start_with_basic_auth(user: &str, password: &str) -> Registry {
         Self::start_with(None, Some((user, password))).await
     }
 
     async fn start_with(notify: Option<&str>, basic: Option<(&str, &str)>) -> Registry {
-        require_tool("docker-registry", "apt-get install -y docker-registry");
+        system_tool("docker-registry");
         // tmpfs when there is one: this disk is mounted with `discard`, where removing the ~30,000
         // files of a 5,000-tag repository takes tens of seconds.
         let shm = Path::new("/dev/shm");
@@ -117,7 +100,7 @@ impl Registry {
         let (auth, authorization) = match basic {
             None => (String::new(), None),
             Some((user, password)) => {
-                let python = require_tool("python3", "apt-get install -y python3");
+                let python = system_tool("python3");
                 let hash = Command::new(python)
                     .args(["-W", "ignore", "-c", "import crypt, sys; print(crypt.crypt(sys.argv[1], crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=1024)))", password])
                     .output()
@@ -156,7 +139,7 @@ impl Registry {
         let mut registry = Registry {
             port,
             dir,
-            child: None,
+            process: None,
             authorization,
         };
         registry.spawn().await;
@@ -164,50 +147,44 @@ impl Registry {
     }
 
     async fn spawn(&mut self) {
-        let binary = require_tool("docker-registry", "apt-get install -y docker-registry");
-        let log = std::fs::File::create(self.dir.path().join("registry.log")).unwrap();
-        let child = Command::new(binary)
-            .arg("serve")
-            .arg(self.dir.path().join("config.yml"))
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("starting docker-registry");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-                .await
-                .is_ok()
-            {
-                let (status, _, _) = http("GET", &format!("{}/v2/", self.url()), &[], vec![]).await;
-                if status == 200 || status == 401 {
-                    return;
+        let mut command = Command::new(system_tool("docker-registry"));
+        command.arg("serve").arg(self.dir.path().join("config.yml"));
+        self.process = Some(
+            Running::builder(command)
+                .log_to(self.dir.path().join("registry.log"))
+                .start(),
+        );
+        let (url, port) = (self.url(), self.port);
+        eventually(
+            Duration::from_secs(10),
+            &format!("docker-registry to serve on port {}", self.port),
+            || {
+                let url = url.clone();
+                async move {
+                    tokio::net::TcpStream::connect(("127.0.0.1", port))
+                        .await
+                        .is_ok()
+                        && matches!(
+                            http("GET", &format!("{url}/v2/"), &[], vec![]).await.0,
+                            200 | 401
+                        )
                 }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "docker-registry did not come up on port {}",
-                self.port
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            },
+        )
+        .await;
     }
 
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
     /// Kills the registry (its data stays).
-    pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+    pub(crate) fn stop(&mut self) {
+        self.process = None;
     }
 
     /// Starts it again on the same port and data.
-    pub async fn restart(&mut self) {
+    pub(crate) async fn restart(&mut self) {
         self.stop();
         self.spawn().await;
     }
@@ -305,20 +282,20 @@ impl Registry {
     }
 
     /// Pushes a new image as `repository:tag` over the distribution API; returns its digest.
-    pub async fn push_tag(&self, repository: &str, tag: &str) -> String {
+    pub(crate) async fn push_tag(&self, repository: &str, tag: &str) -> String {
         self.publish(repository, tag).await.0
     }
 
     /// Like `push_tag`, also returning when the publishing request (the manifest PUT, after the
     /// blobs are uploaded) started: the moment a version is published.
-    pub async fn publish(&self, repository: &str, tag: &str) -> (String, Instant) {
+    pub(crate) async fn publish(&self, repository: &str, tag: &str) -> (String, Instant) {
         let manifest = self.manifest(repository, tag).await;
         let started = Instant::now();
         (self.put_manifest(repository, tag, manifest).await, started)
     }
 
     /// Pushes one image under every tag of `tags` (16 requests in flight).
-    pub async fn push_many(&self, repository: &str, tags: &[String]) {
+    pub(crate) async fn push_many(&self, repository: &str, tags: &[String]) {
         use futures::StreamExt;
         let manifest = self.manifest(repository, "many").await;
         futures::stream::iter(tags)
@@ -332,127 +309,10 @@ impl Registry {
     }
 }
 
-impl Drop for Registry {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-// ---- git ----------------------------------------------------------------------------------
-
-/// A `git daemon` on 127.0.0.1 serving bare repositories from a temp base path.
-pub struct GitServer {
-    pub port: u16,
-    dir: tempfile::TempDir,
-    child: Child,
-}
-
-pub fn git(dir: &Path, args: &[&str]) -> String {
-    let output = Command::new("git")
-        .current_dir(dir)
-        .args([
-            "-c",
-            "user.name=Test",
-            "-c",
-            "user.email=test@example.invalid",
-            "-c",
-            "init.defaultBranch=main",
-        ])
-        .args(args)
-        .output()
-        .expect("running git");
-    assert!(
-        output.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).trim().to_string()
-}
-
-impl GitServer {
-    pub async fn start() -> GitServer {
-        require_tool("git", "apt-get install -y git");
-        let dir = tempfile::tempdir().unwrap();
-        let base = dir.path().join("srv");
-        std::fs::create_dir_all(&base).unwrap();
-        let port = free_port();
-        let child = Command::new("git")
-            .args([
-                "daemon",
-                "--reuseaddr",
-                "--export-all",
-                "--enable=receive-pack",
-                "--listen=127.0.0.1",
-            ])
-            .arg(format!("--base-path={}", base.display()))
-            .arg(format!("--port={port}"))
-            .arg(&base)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting git daemon");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
-            assert!(Instant::now() < deadline, "git daemon did not come up");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        GitServer { port, dir, child }
-    }
-
-    /// Creates `name.git` with one commit on main; returns (url, work tree).
-    pub fn create_repo(&self, name: &str) -> (String, PathBuf) {
-        let bare = self.dir.path().join("srv").join(format!("{name}.git"));
-        git(
-            self.dir.path(),
-            &["init", "--bare", "-b", "main", bare.to_str().unwrap()],
-        );
-        let work = self.dir.path().join(format!("{name}-work"));
-        git(
-            self.dir.path(),
-            &["init", "-b", "main", work.to_str().unwrap()],
-        );
-        git(&work, &["remote", "add", "origin", bare.to_str().unwrap()]);
-        git(&work, &["commit", "--allow-empty", "-m", "first"]);
-        git(&work, &["push", "-q", "origin", "main"]);
-        (format!("git://127.0.0.1:{}/{name}.git", self.port), work)
-    }
-
-    /// Commits in `work` and pushes over git://; returns the commit.
-    pub fn commit_and_push(&self, work: &Path, message: &str) -> String {
-        git(work, &["commit", "--allow-empty", "-m", message]);
-        let url = format!("git://127.0.0.1:{}/{}", self.port, bare_name(work));
-        git(work, &["push", "-q", &url, "main"]);
-        git(work, &["rev-parse", "HEAD"])
-    }
-
-    /// Tags HEAD in `work` and pushes the tag over git://.
-    pub fn tag_and_push(&self, work: &Path, tag: &str) -> String {
-        git(work, &["tag", tag]);
-        let url = format!("git://127.0.0.1:{}/{}", self.port, bare_name(work));
-        git(work, &["push", "-q", &url, tag]);
-        git(work, &["rev-parse", "HEAD"])
-    }
-}
-
-fn bare_name(work: &Path) -> String {
-    let name = work.file_name().unwrap().to_str().unwrap();
-    format!("{}.git", name.trim_end_matches("-work"))
-}
-
-impl Drop for GitServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 // ---- the watcher ----------------------------------------------------------------------------
 
 /// The watcher running in this test process.
-pub struct InProcess {
+pub(crate) struct InProcess {
     pub grpc_url: String,
     pub webhook: SocketAddr,
     trigger: ShutdownTrigger,
@@ -460,12 +320,12 @@ pub struct InProcess {
 }
 
 impl InProcess {
-    pub async fn start(state_dir: &Path) -> InProcess {
+    pub(crate) async fn start(state_dir: &Path) -> InProcess {
         Self::start_with_credentials(state_dir, None).await
     }
 
     /// Starts with `--registry-credentials FILE`.
-    pub async fn start_with_credentials(
+    pub(crate) async fn start_with_credentials(
         state_dir: &Path,
         credentials: Option<PathBuf>,
     ) -> InProcess {
@@ -482,14 +342,14 @@ impl InProcess {
             upstream_timeout_secs: 5,
             probe_timeout_secs: 30,
             // Tests keep their directory sources in temporary directories.
-            directories: autocrane_api::runtime::local_dirs::LocalDirectoryArgs {
+            directories: autocrane_runtime::upstream::local_dirs::LocalDirectoryArgs {
                 allow_directories: vec![std::env::temp_dir()],
             },
         };
         let (trigger, shutdown) = Shutdown::new();
         let task = tokio::spawn(autocrane_version_watcher::run(args, Process::new(shutdown)));
         let grpc_url = format!("http://{grpc}");
-        wait_for_port(grpc).await;
+        accepting(grpc).await;
         InProcess {
             grpc_url,
             webhook,
@@ -498,106 +358,74 @@ impl InProcess {
         }
     }
 
-    pub async fn client(&self) -> Grpc {
+    pub(crate) async fn client(&self) -> Grpc {
         connect(&self.grpc_url).await
     }
 
-    pub async fn stop(self) {
+    pub(crate) async fn stop(self) {
         self.trigger.trigger();
         let _ = tokio::time::timeout(Duration::from_secs(15), self.task).await;
     }
 }
 
-async fn wait_for_port(addr: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while tokio::net::TcpStream::connect(addr).await.is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "the watcher did not listen on {addr}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-pub async fn connect(url: &str) -> Grpc {
+pub(crate) async fn connect(url: &str) -> Grpc {
     VersionWatcherClient::connect(url.to_string())
         .await
         .expect("connecting to the watcher")
 }
 
-/// The workspace's `autocrane` binary, built (incrementally) on first use, so it is never older
-/// than this crate's sources.
-pub fn autocrane_binary() -> PathBuf {
-    autocrane_integration_tests::autocrane_bin()
-}
-
 /// The real `autocrane version-watcher` process.
-pub struct BinaryWatcher {
+pub(crate) struct BinaryWatcher {
     pub grpc_url: String,
     pub webhook: SocketAddr,
-    child: Child,
+    process: Running,
 }
 
 impl BinaryWatcher {
-    pub async fn start(state_dir: &Path) -> BinaryWatcher {
+    pub(crate) async fn start(state_dir: &Path) -> BinaryWatcher {
         let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let webhook: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(state_dir.with_extension("log"))
-            .unwrap();
-        let child = Command::new(autocrane_binary())
+        let mut command = Command::new(autocrane_bin());
+        command
             .args(["version-watcher", "--admin-listen", "off"])
             .arg("--listen")
             .arg(grpc.to_string())
             .arg("--webhook-listen")
             .arg(webhook.to_string())
             .arg("--state-dir")
-            .arg(state_dir)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("starting autocrane version-watcher");
-        wait_for_port(grpc).await;
+            .arg(state_dir);
+        let process = Running::builder(command)
+            .log_to(state_dir.with_extension("log"))
+            .start();
+        accepting(grpc).await;
         BinaryWatcher {
             grpc_url: format!("http://{grpc}"),
             webhook,
-            child,
+            process,
         }
     }
 
-    pub fn pid(&self) -> u32 {
-        self.child.id()
+    pub(crate) fn pid(&self) -> u32 {
+        self.process.pid()
     }
 
-    pub async fn client(&self) -> Grpc {
+    pub(crate) async fn client(&self) -> Grpc {
         connect(&self.grpc_url).await
     }
 
     /// SIGTERM, then wait for the exit (without blocking the runtime, whose tasks must close
     /// their connections for the server to finish draining).
-    pub async fn stop(mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the watcher did not exit within 30 s of SIGTERM"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    pub(crate) async fn stop(mut self) -> std::process::ExitStatus {
+        self.process
+            .terminate_async(Duration::from_secs(30))
+            .await
+            .expect("the watcher did not exit within 30 s of SIGTERM")
     }
 
     /// Peak resident set size (VmHWM) in KiB.
-    pub fn peak_rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+    pub(crate) fn peak_rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.process.pid())).unwrap();
         status
             .lines()
             .find_map(|line| line.strip_prefix("VmHWM:"))
@@ -606,16 +434,9 @@ impl BinaryWatcher {
     }
 }
 
-impl Drop for BinaryWatcher {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 // ---- specs and streams ----------------------------------------------------------------------
 
-pub fn oci_spec(
+pub(crate) fn oci_spec(
     registry: &str,
     repository: &str,
     policy: Option<pb::version_policy::Policy>,
@@ -635,7 +456,7 @@ pub fn oci_spec(
     }
 }
 
-pub fn semver_any() -> Option<pb::version_policy::Policy> {
+pub(crate) fn semver_any() -> Option<pb::version_policy::Policy> {
     Some(pb::version_policy::Policy::Semver(pb::SemverPolicy {
         range: String::new(),
         include_prereleases: false,
@@ -643,7 +464,7 @@ pub fn semver_any() -> Option<pb::version_policy::Policy> {
     }))
 }
 
-pub async fn watch(
+pub(crate) async fn watch(
     client: &mut Grpc,
     specs: Vec<pb::SourceSpec>,
     token: &str,
@@ -658,7 +479,7 @@ pub async fn watch(
         .into_inner()
 }
 
-pub async fn next(
+pub(crate) async fn next(
     stream: &mut Streaming<pb::WatchVersionsResponse>,
     limit: Duration,
 ) -> pb::WatchVersionsResponse {
@@ -670,7 +491,7 @@ pub async fn next(
 }
 
 /// Reads messages until `done` holds for one; returns every message read.
-pub async fn until(
+pub(crate) async fn until(
     stream: &mut Streaming<pb::WatchVersionsResponse>,
     limit: Duration,
     mut done: impl FnMut(&pb::WatchVersionsResponse) -> bool,
@@ -692,7 +513,7 @@ pub async fn until(
     }
 }
 
-pub fn current_name(message: &pb::WatchVersionsResponse) -> Option<String> {
+pub(crate) fn current_name(message: &pb::WatchVersionsResponse) -> Option<String> {
     message
         .sources
         .first()?
@@ -701,7 +522,7 @@ pub fn current_name(message: &pb::WatchVersionsResponse) -> Option<String> {
         .map(|v| v.name.clone())
 }
 
-pub fn has_event(
+pub(crate) fn has_event(
     message: &pb::WatchVersionsResponse,
     kind: pb::VersionEventKind,
     version: &str,
@@ -712,7 +533,9 @@ pub fn has_event(
         .any(|e| e.kind == kind as i32 && e.version.as_ref().is_some_and(|v| v.name == version))
 }
 
-pub fn events_of(messages: &[pb::WatchVersionsResponse]) -> Vec<(pb::VersionEventKind, String)> {
+pub(crate) fn events_of(
+    messages: &[pb::WatchVersionsResponse],
+) -> Vec<(pb::VersionEventKind, String)> {
     messages
         .iter()
         .flat_map(|m| m.events.iter())
@@ -728,6 +551,13 @@ pub fn events_of(messages: &[pb::WatchVersionsResponse]) -> Vec<(pb::VersionEven
         .collect()
 }
 
-pub fn health(state: &pb::SourceState) -> pb::SourceHealth {
+/// The status of the source `spec` names (answered at once once the source was probed).
+pub(crate) async fn status_of(mut client: Grpc, spec: pb::SourceSpec) -> Option<pb::SourceStatus> {
+    let request = pb::GetSourceRequest { source: Some(spec) };
+    let source = client.get_source(request).await.ok()?.into_inner().source?;
+    source.status
+}
+
+pub(crate) fn health(state: &pb::SourceState) -> pb::SourceHealth {
     pb::SourceHealth::try_from(state.status.as_ref().unwrap().health).unwrap()
 }

@@ -11,12 +11,12 @@ use std::{
     time::Duration,
 };
 
-use autocrane_api::{
-    proto::watchdog_v1::{self as pb, watchdog_listener_client::WatchdogListenerClient},
-    runtime::{
-        args::ServerArgs,
-        shutdown::{Shutdown, ShutdownTrigger},
-    },
+use autocrane_api::proto::watchdog_v1::{
+    self as pb, watchdog_listener_client::WatchdogListenerClient,
+};
+use autocrane_runtime::{
+    args::ServerArgs,
+    shutdown::{Shutdown, ShutdownTrigger},
 };
 use autocrane_watchdog_listener::{Args, Running, WriteArgs, prober::ProberArgs};
 use k8s_openapi::api::{
@@ -32,7 +32,7 @@ use serde_json::json;
 use tonic::{Request, transport::Channel};
 
 /// The workspace root (for `proto/`, `.venv`, `.tools`).
-pub fn workspace() -> PathBuf {
+pub(crate) fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../..")
         .canonicalize()
@@ -40,7 +40,7 @@ pub fn workspace() -> PathBuf {
 }
 
 /// A tool from the project's venv; panics (fails the test) when it is missing.
-pub fn venv_tool(name: &str) -> PathBuf {
+pub(crate) fn venv_tool(name: &str) -> PathBuf {
     let path = workspace().join(".venv/bin").join(name);
     assert!(
         path.exists(),
@@ -51,40 +51,47 @@ pub fn venv_tool(name: &str) -> PathBuf {
 }
 
 /// A started kube-sim with a listener in front of it.
-pub struct Env {
-    pub sim: KubeSim,
-    pub dir: tempfile::TempDir,
-    pub kubeconfig: PathBuf,
-    pub listener: Running,
-    pub url: String,
+pub(crate) struct Env {
+    pub(crate) sim: KubeSim,
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) kubeconfig: PathBuf,
+    pub(crate) listener: Running,
+    pub(crate) url: String,
+    args: Args,
     trigger: ShutdownTrigger,
 }
 
 /// Listener settings used by the tests (window as given, no prober).
-pub fn listener_args(window_ms: u64, prober: Option<ProberArgs>) -> Args {
+pub(crate) fn listener_args(window_ms: u64, prober: Option<ProberArgs>) -> Args {
     Args {
         server: ServerArgs::local("127.0.0.1:0".parse().unwrap()),
         insecure_allow_anonymous: false,
-        write: WriteArgs {
-            coalesce_window_ms: window_ms,
-            watch_namespace: None,
-        },
+        write: WriteArgs::new(Duration::from_millis(window_ms)),
         prober: prober.is_some(),
-        probe: prober.unwrap_or(ProberArgs {
-            probe_interval_secs: 10,
-            probe_timeout_ms: 5000,
-            probe_concurrency: 256,
-        }),
+        probe: prober.unwrap_or(ProberArgs::new(
+            Duration::from_secs(10),
+            Duration::from_millis(5000),
+            256,
+        )),
     }
 }
 
 impl Env {
     /// kube-sim with authentication and RBAC on, and a listener with default settings.
-    pub async fn start() -> Env {
+    pub(crate) async fn start() -> Env {
         Self::start_with(listener_args(50, None)).await
     }
 
-    pub async fn start_with(args: Args) -> Env {
+    pub(crate) async fn start_with(args: Args) -> Env {
+        Self::start_with_client(args, |client| client).await
+    }
+
+    /// Like [`Env::start_with`], with the listener's kube client wrapped by `wrap` (to observe
+    /// the requests it sends).
+    pub(crate) async fn start_with_client(
+        args: Args,
+        wrap: impl FnOnce(kube::Client) -> kube::Client,
+    ) -> Env {
         let sim = KubeSim::builder()
             .auth(true)
             .start()
@@ -94,9 +101,10 @@ impl Env {
         let kubeconfig = dir.path().join("kubeconfig");
         sim.write_kubeconfig(&kubeconfig).expect("kubeconfig");
         let (trigger, shutdown) = Shutdown::new();
-        let listener = autocrane_watchdog_listener::start(args, sim.client(), shutdown)
-            .await
-            .expect("listener starts");
+        let listener =
+            autocrane_watchdog_listener::start(args.clone(), wrap(sim.client()), shutdown)
+                .await
+                .expect("listener starts");
         let url = format!("http://{}", listener.addr);
         Env {
             sim,
@@ -104,15 +112,77 @@ impl Env {
             kubeconfig,
             listener,
             url,
+            args,
             trigger,
         }
     }
 
-    pub fn admin_token(&self) -> String {
+    /// Stops the listener and waits until its server has ended.
+    pub(crate) async fn stop_listener(&mut self) {
+        self.trigger.trigger();
+        if !self.listener.task.is_finished() {
+            let _ = (&mut self.listener.task).await;
+        }
+    }
+
+    /// Stops the listener (unless stopped) and starts a new one (same settings, a new address)
+    /// against the same API server: a listener restart.
+    pub(crate) async fn restart_listener(&mut self) {
+        self.trigger.trigger();
+        if !self.listener.task.is_finished() {
+            let _ = (&mut self.listener.task).await;
+        }
+        let (trigger, shutdown) = Shutdown::new();
+        self.listener =
+            autocrane_watchdog_listener::start(self.args.clone(), self.sim.client(), shutdown)
+                .await
+                .expect("listener restarts");
+        self.url = format!("http://{}", self.listener.addr);
+        self.trigger = trigger;
+    }
+
+    /// Creates a pod carrying the readiness gate `autocrane.io/healthy` (as the controller's pods
+    /// do), or a plain one with `gated: false`.
+    pub(crate) async fn pod_with_gate(&self, namespace: &str, name: &str, gated: bool) -> Pod {
+        self.namespace(namespace).await;
+        let gates = if gated {
+            json!([{"conditionType": "autocrane.io/healthy"}])
+        } else {
+            json!(null)
+        };
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {
+                "containers": [{"name": "app", "image": "registry.example/app:1"}],
+                "readinessGates": gates,
+            },
+        }))
+        .unwrap();
+        Api::<Pod>::namespaced(self.sim.client(), namespace)
+            .create(&PostParams::default(), &pod)
+            .await
+            .expect("pod created")
+    }
+
+    /// The pod's `autocrane.io/healthy` condition as the API server holds it.
+    pub(crate) async fn healthy_condition(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Option<k8s_openapi::api::core::v1::PodCondition> {
+        self.get_pod(namespace, name)
+            .await
+            .status?
+            .conditions?
+            .into_iter()
+            .find(|c| c.type_ == "autocrane.io/healthy")
+    }
+
+    pub(crate) fn admin_token(&self) -> String {
         self.sim.admin_token().to_string()
     }
 
-    pub async fn namespace(&self, name: &str) {
+    pub(crate) async fn namespace(&self, name: &str) {
         let api: Api<Namespace> = Api::all(self.sim.client());
         let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
         match api.create(&PostParams::default(), &ns).await {
@@ -123,7 +193,7 @@ impl Env {
     }
 
     /// Creates a running pod with `labels` and `annotations`, and `ip` as its pod IP.
-    pub async fn pod(
+    pub(crate) async fn pod(
         &self,
         namespace: &str,
         name: &str,
@@ -160,7 +230,7 @@ impl Env {
         created
     }
 
-    pub async fn get_pod(&self, namespace: &str, name: &str) -> Pod {
+    pub(crate) async fn get_pod(&self, namespace: &str, name: &str) -> Pod {
         Api::<Pod>::namespaced(self.sim.client(), namespace)
             .get(name)
             .await
@@ -168,7 +238,7 @@ impl Env {
     }
 
     /// Grants `service_account` the watchdog `verbs` in `namespace` (Role + RoleBinding).
-    pub async fn grant(&self, namespace: &str, service_account: &str, verbs: &[&str]) {
+    pub(crate) async fn grant(&self, namespace: &str, service_account: &str, verbs: &[&str]) {
         let name = format!("watchdogs-{service_account}");
         let role = Role {
             metadata: kube::api::ObjectMeta {
@@ -209,7 +279,7 @@ impl Env {
             .expect("role binding created");
     }
 
-    pub async fn client(&self) -> WatchdogListenerClient<Channel> {
+    pub(crate) async fn client(&self) -> WatchdogListenerClient<Channel> {
         WatchdogListenerClient::new(
             Channel::from_shared(self.url.clone())
                 .unwrap()
@@ -220,7 +290,7 @@ impl Env {
     }
 
     /// Runs the real kubectl with this kubeconfig and a private discovery cache.
-    pub async fn kubectl(&self, args: &[&str]) -> String {
+    pub(crate) async fn kubectl(&self, args: &[&str]) -> String {
         let cache = self.dir.path().join("kubectl-cache");
         let output = tokio::process::Command::new("/usr/bin/kubectl")
             .args(args)
@@ -235,7 +305,7 @@ impl Env {
     }
 
     /// The HEALTH column of `kubectl get pod NAME -L status.autocrane.io/health`.
-    pub async fn kubectl_health(&self, namespace: &str, name: &str) -> String {
+    pub(crate) async fn kubectl_health(&self, namespace: &str, name: &str) -> String {
         let out = self
             .kubectl(&[
                 "get",
@@ -254,12 +324,12 @@ impl Env {
             .to_string()
     }
 
-    pub fn stop(&self) {
+    pub(crate) fn stop(&self) {
         self.trigger.trigger();
     }
 }
 
-pub fn assert_output_ok(tool: &str, args: &[&str], output: &Output) {
+pub(crate) fn assert_output_ok(tool: &str, args: &[&str], output: &Output) {
     assert!(
         output.status.success(),
         "{tool} {} failed ({}):\nstdout: {}\nstderr: {}",
@@ -271,7 +341,7 @@ pub fn assert_output_ok(tool: &str, args: &[&str], output: &Output) {
 }
 
 /// A request with a bearer token.
-pub fn with_token<T>(message: T, token: &str) -> Request<T> {
+pub(crate) fn with_token<T>(message: T, token: &str) -> Request<T> {
     let mut request = Request::new(message);
     request
         .metadata_mut()
@@ -279,14 +349,14 @@ pub fn with_token<T>(message: T, token: &str) -> Request<T> {
     request
 }
 
-pub fn pod_ref(namespace: &str, name: &str) -> Option<pb::PodRef> {
+pub(crate) fn pod_ref(namespace: &str, name: &str) -> Option<pb::PodRef> {
     Some(pb::PodRef {
         namespace: namespace.into(),
         name: name.into(),
     })
 }
 
-pub fn post(
+pub(crate) fn post(
     namespace: &str,
     pod: &str,
     name: &str,
@@ -299,24 +369,5 @@ pub fn post(
         level: level as i32,
         message: message.into(),
         ttl: None,
-    }
-}
-
-/// Waits until `check` holds, up to `timeout`.
-pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if check().await {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -1,0 +1,217 @@
+//! The one test harness of the workspace (`autocrane_test_support`): every crate's tests use it
+//! instead of carrying their own copy.
+//!
+//! | module | what it gives |
+//! |---|---|
+//! | this file | the workspace root, real binaries and third-party tools (installed by `scripts/install-test-tools.sh`), free ports, [`eventually`], one-shot commands |
+//! | [`process`] | [`Running`]: a process killed on drop, its whole process group when asked; [`processes_in_group`] to prove nothing outlived it |
+//! | [`git`] | [`GitRepo`] work trees and [`GitServer`], one `git daemon` whose group is killed on drop |
+//! | [`http_origin`] | [`HttpOrigin`], archives served with ETags; [`post_sink`], bodies POSTed recorded |
+//! | [`data`] | deterministic bytes, raw tar archives, gzip |
+//! | [`stack`] | [`DataStack`]: a VersionWatcher and a DataRepository as `autocrane` processes |
+//!
+//! A missing tool is a test failure with a message saying how to install it, never a skip. It
+//! depends on no AutoCrane crate, so any crate (the simulators included) can dev-depend on it;
+//! the gRPC clients of a service's API stay in that service's tests.
+
+pub mod data;
+pub mod git;
+pub mod http_origin;
+pub mod process;
+pub mod stack;
+
+pub use data::{RawEntry, file, gzip, noise, raw_tar, strings, symlink};
+pub use git::{GitRepo, GitServer, git};
+pub use http_origin::{HttpOrigin, post_sink};
+pub use process::{Launch, Running, is_alive, processes_in_group};
+pub use stack::{DataStack, accepting};
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+/// The workspace root (the directory holding `proto/`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .expect("integration-tests/e2e lives two levels below the workspace root")
+        .to_path_buf()
+}
+
+/// A third-party tool installed by `scripts/install-test-tools.sh`; panics with instructions when
+/// it is missing.
+pub fn tool(name: &str) -> PathBuf {
+    let root = workspace_root();
+    let path = match name {
+        "grpcurl" | "python" => root.join(".venv/bin").join(name),
+        "buf" => root.join(".tools/node_modules/.bin/buf"),
+        other => panic!("unknown tool {other}"),
+    };
+    assert!(
+        path.exists(),
+        "{name} is missing at {}: run scripts/install-test-tools.sh (the README's test command does)",
+        path.display()
+    );
+    path
+}
+
+/// A program on PATH (for example `kubectl`, `git`); panics when it is missing.
+pub fn system_tool(name: &str) -> PathBuf {
+    let paths = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&paths)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| panic!("{name} is not on PATH: run scripts/install-test-tools.sh"))
+}
+
+/// The value of `key=value` in a log line (values end at whitespace).
+pub fn field<'a>(line: &'a str, key: &str) -> &'a str {
+    let marker = format!("{key}=");
+    let start = line
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
+        + marker.len();
+    line[start..].split_whitespace().next().unwrap_or_default()
+}
+
+/// Runs a command to completion and returns (success, stdout, stderr).
+pub fn run(command: &mut Command) -> (bool, String, String) {
+    let output = command
+        .output()
+        .unwrap_or_else(|err| panic!("running {command:?}: {err}"));
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// The `autocrane` binary of this workspace, built (incrementally) on first use.
+pub fn autocrane_bin() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+            let mut command = Command::new(cargo);
+            // `cargo test` gives each test process the variables of its own package
+            // (CARGO_MANIFEST_DIR, CARGO_PKG_*, …). Passed on, they would differ from what the
+            // outer cargo saw, and build scripts that watch them (ring's does) would rerun,
+            // rebuilding everything above them once per test package.
+            for (name, _) in std::env::vars_os() {
+                let name = name.to_string_lossy();
+                let from_the_test_harness = name.starts_with("CARGO_PKG_")
+                    || name.starts_with("CARGO_BIN_EXE_")
+                    || matches!(
+                        name.as_ref(),
+                        "CARGO_MANIFEST_DIR"
+                            | "CARGO_MANIFEST_PATH"
+                            | "CARGO_CRATE_NAME"
+                            | "CARGO_PRIMARY_PACKAGE"
+                            | "CARGO_TARGET_TMPDIR"
+                            | "CARGO_RUSTC_CURRENT_DIR"
+                            | "OUT_DIR"
+                    );
+                if from_the_test_harness {
+                    command.env_remove(name.as_ref());
+                }
+            }
+            let status = command
+                // The whole workspace with every target, as CI builds it before testing: with
+                // `-p autocrane` alone, cargo unifies features differently, rebuilds half the
+                // dependency graph and leaves a binary the next `cargo test --workspace` rebuilds.
+                .args(["build", "--quiet", "--workspace", "--all-targets"])
+                .current_dir(workspace_root())
+                .status()
+                .expect("running cargo build --workspace --all-targets");
+            assert!(
+                status.success(),
+                "cargo build --workspace --all-targets failed"
+            );
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| workspace_root().join("target"));
+            let bin = target.join("debug/autocrane");
+            assert!(bin.exists(), "{} missing after build", bin.display());
+            bin
+        })
+        .clone()
+}
+
+/// `GET path` over plain HTTP/1.1 (an admin listener's `/metrics`, `/healthz`): the status code
+/// and the whole response, headers included.
+pub fn http_get(address: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(address).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    (status, response)
+}
+
+/// A free TCP port on 127.0.0.1 (bound, read, released: start the server on it at once).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("binding 127.0.0.1:0")
+}
+
+/// What a condition checked by [`eventually`] returns: `true`/`Some(value)` when it holds.
+pub trait Satisfied {
+    /// What [`eventually`] returns once the condition holds.
+    type Value;
+    /// `Some` when the condition holds.
+    fn satisfied(self) -> Option<Self::Value>;
+}
+
+impl Satisfied for bool {
+    type Value = ();
+    fn satisfied(self) -> Option<()> {
+        self.then_some(())
+    }
+}
+
+impl<T> Satisfied for Option<T> {
+    type Value = T;
+    fn satisfied(self) -> Option<T> {
+        self
+    }
+}
+
+/// Checks `check` every 25 ms until it holds (`true` or `Some(value)`), and returns its value;
+/// panics naming `what` after `timeout`. Tests wait on the condition a sleep would stand for, with
+/// a generous deadline: how fast it happens is a benchmark's business, not a test's.
+pub async fn eventually<O, F, Fut>(timeout: Duration, what: &str, mut check: F) -> O::Value
+where
+    O: Satisfied,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = O>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await.satisfied() {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}

@@ -1,0 +1,113 @@
+//! [`DataStack`]: a VersionWatcher and a DataRepository as real `autocrane` processes, the
+//! upstream every data test needs (the DataRepository's own tests, the DataDeployer's). Only the
+//! processes live here; the gRPC calls belong to each crate's tests, which know the API.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use crate::{Running, eventually, free_port, strings};
+
+/// A VersionWatcher and a DataRepository, started with `autocrane`, logging into the test's
+/// directory.
+#[derive(Debug)]
+pub struct DataStack {
+    /// The test's directory: logs, the watcher's state, the store; directory sources must lie
+    /// below it.
+    pub dir: PathBuf,
+    /// The VersionWatcher process.
+    pub vw: Running,
+    /// `http://127.0.0.1:<port>` of the VersionWatcher.
+    pub vw_url: String,
+    /// The DataRepository process.
+    pub repo: Running,
+    /// The DataRepository's port.
+    pub repo_port: u16,
+    /// `http://127.0.0.1:<port>` of the DataRepository.
+    pub repo_url: String,
+    /// The DataRepository's store.
+    pub store: PathBuf,
+    /// The DataRepository's command line (without the binary), for restarts.
+    pub repo_args: Vec<String>,
+}
+
+impl DataStack {
+    /// Starts both, the repository with `repo_args` added, and waits until both accept
+    /// connections.
+    pub async fn start(dir: &Path, repo_args: &[&str]) -> DataStack {
+        let vw_port = free_port();
+        let vw_url = format!("http://127.0.0.1:{vw_port}");
+        let vw = Running::autocrane(
+            "version-watcher",
+            &strings(&[
+                "version-watcher",
+                "--listen",
+                &format!("127.0.0.1:{vw_port}"),
+                "--admin-listen",
+                "off",
+                "--webhook-listen",
+                "off",
+                "--state-dir",
+                dir.join("vw-state").to_str().unwrap(),
+                // Directory sources live under the test's directory; nothing else is readable.
+                "--allow-directory",
+                dir.to_str().unwrap(),
+            ]),
+            dir,
+        );
+        let repo_port = free_port();
+        let store = dir.join("store");
+        let mut args = strings(&[
+            "data-repository",
+            "--listen",
+            &format!("127.0.0.1:{repo_port}"),
+            "--admin-listen",
+            "off",
+            "--store",
+            store.to_str().unwrap(),
+            "--version-watcher",
+            &vw_url,
+            "--allow-directory",
+            dir.to_str().unwrap(),
+        ]);
+        args.extend(strings(repo_args));
+        let repo = Running::autocrane("data-repository", &args, dir);
+        accepting(([127, 0, 0, 1], vw_port).into()).await;
+        accepting(([127, 0, 0, 1], repo_port).into()).await;
+        DataStack {
+            dir: dir.to_path_buf(),
+            vw,
+            vw_url,
+            repo,
+            repo_port,
+            repo_url: format!("http://127.0.0.1:{repo_port}"),
+            store,
+            repo_args: args,
+        }
+    }
+
+    /// Kills the repository with SIGKILL.
+    pub fn kill_repository(&mut self) {
+        self.repo.kill();
+    }
+
+    /// Starts the repository again on the same port and store, and waits until it accepts
+    /// connections.
+    pub async fn restart_repository(&mut self) {
+        self.repo.kill();
+        self.repo = Running::autocrane("data-repository", &self.repo_args, &self.dir);
+        accepting(([127, 0, 0, 1], self.repo_port).into()).await;
+    }
+}
+
+/// Waits until `address` accepts TCP connections.
+pub async fn accepting(address: SocketAddr) {
+    eventually(
+        Duration::from_secs(30),
+        &format!("{address} to accept connections"),
+        || async move { tokio::net::TcpStream::connect(address).await.is_ok() },
+    )
+    .await;
+}

@@ -1,0 +1,241 @@
+//! The install manifests in `deploy/` parse as Kubernetes objects and grant least privilege: no
+//! wildcard verbs, resources or groups, no access to secrets, and no token for components that do
+//! not talk to Kubernetes.
+
+use autocrane_test_support::workspace_root;
+
+fn documents(file: &str) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(workspace_root().join("deploy").join(file)).unwrap();
+    text.split("\n---")
+        .map(parse_yaml)
+        .filter(|value: &serde_json::Value| !value.is_null())
+        .collect()
+}
+
+fn parse_yaml(doc: &str) -> serde_json::Value {
+    serde_saphyr::from_str(doc).unwrap_or_else(|err| panic!("invalid YAML document: {err}\n{doc}"))
+}
+
+#[test]
+fn rbac_grants_no_wildcards_and_no_secrets() {
+    let docs = documents("rbac.yaml");
+    let roles: Vec<&serde_json::Value> = docs
+        .iter()
+        .filter(|d| d["kind"] == "ClusterRole" || d["kind"] == "Role")
+        .collect();
+    assert!(
+        roles.len() >= 4,
+        "expected the component roles, found {}",
+        roles.len()
+    );
+    for role in roles {
+        let name = role["metadata"]["name"].as_str().unwrap();
+        for rule in role["rules"].as_array().unwrap() {
+            for key in ["verbs", "resources", "apiGroups"] {
+                let values = rule[key]
+                    .as_array()
+                    .unwrap_or_else(|| panic!("{name}: rule without {key}"));
+                assert!(
+                    values.iter().all(|v| v != "*"),
+                    "{name} grants a wildcard in {key}"
+                );
+            }
+            assert!(
+                rule["resources"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|r| r != "secrets"),
+                "{name} may touch secrets"
+            );
+        }
+    }
+}
+
+#[test]
+fn components_without_kubernetes_access_mount_no_token() {
+    let docs = documents("rbac.yaml");
+    for account in ["autocrane-version-watcher", "autocrane-data-repository"] {
+        let sa = docs
+            .iter()
+            .find(|d| d["kind"] == "ServiceAccount" && d["metadata"]["name"] == account)
+            .unwrap_or_else(|| panic!("{account} missing"));
+        assert_eq!(sa["automountServiceAccountToken"], false, "{account}");
+    }
+}
+
+#[test]
+fn every_role_is_bound_to_its_service_account() {
+    let docs = documents("rbac.yaml");
+    for role in ["autocrane-controller", "autocrane-watchdog-listener"] {
+        let binding = docs
+            .iter()
+            .find(|d| d["kind"] == "ClusterRoleBinding" && d["roleRef"]["name"] == role)
+            .unwrap_or_else(|| panic!("{role} is not bound"));
+        assert_eq!(binding["subjects"][0]["name"], role);
+        assert_eq!(binding["subjects"][0]["namespace"], "autocrane-system");
+    }
+}
+
+#[test]
+fn components_run_hardened_with_probes_and_limits() {
+    let docs = documents("components.yaml");
+    let deployments: Vec<&serde_json::Value> =
+        docs.iter().filter(|d| d["kind"] == "Deployment").collect();
+    assert!(deployments.len() >= 3);
+    for deployment in deployments {
+        let name = deployment["metadata"]["name"].as_str().unwrap();
+        let pod = &deployment["spec"]["template"]["spec"];
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true, "{name}");
+        let account = pod["serviceAccountName"].as_str().unwrap();
+        assert_eq!(account, name, "{name} runs under its own ServiceAccount");
+        for container in pod["containers"].as_array().unwrap() {
+            assert!(
+                container["readinessProbe"]["grpc"]["port"].is_number(),
+                "{name}"
+            );
+            assert!(
+                container["resources"]["limits"]["memory"].is_string(),
+                "{name}"
+            );
+            let security = &container["securityContext"];
+            assert_eq!(security["allowPrivilegeEscalation"], false, "{name}");
+            assert_eq!(security["readOnlyRootFilesystem"], true, "{name}");
+            assert_eq!(security["capabilities"]["drop"][0], "ALL", "{name}");
+            let subcommand = container["args"][0].as_str().unwrap();
+            assert!(
+                name.ends_with(subcommand),
+                "{name} runs `autocrane {subcommand}`"
+            );
+        }
+    }
+}
+
+/// Applies `deploy/rbac.yaml` to kube-sim with kubectl (auth on) and asks `kubectl auth can-i` as
+/// each component's ServiceAccount: each may do its job and nothing more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rbac_applies_and_grants_each_component_only_its_job() {
+    use autocrane_test_support::{run, system_tool};
+    use std::process::Command;
+
+    let sim = kube_sim::KubeSim::builder()
+        .auth(true)
+        .start()
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    sim.write_kubeconfig(&kubeconfig).unwrap();
+    let kubectl = |args: &[&str]| {
+        run(Command::new(system_tool("kubectl"))
+            .args(args)
+            .env("KUBECONFIG", &kubeconfig)
+            .env("KUBECACHEDIR", dir.path().join("cache")))
+    };
+    let root = workspace_root();
+    for file in ["deploy/crds/autocranedeployment.yaml", "deploy/rbac.yaml"] {
+        let (ok, out, err) = kubectl(&["apply", "-f", root.join(file).to_str().unwrap()]);
+        assert!(ok, "applying {file}: {out}{err}");
+    }
+    let can = |account: &str, verb: &str, resource: &str, namespace: &str| {
+        let user = format!("system:serviceaccount:autocrane-system:{account}");
+        let (_, out, _) = kubectl(&[
+            "auth", "can-i", verb, resource, "-n", namespace, "--as", &user,
+        ]);
+        out.trim() == "yes"
+    };
+    let listener = "autocrane-watchdog-listener";
+    assert!(can(listener, "patch", "pods", "shop"));
+    assert!(can(
+        listener,
+        "create",
+        "tokenreviews.authentication.k8s.io",
+        "shop"
+    ));
+    assert!(!can(listener, "delete", "pods", "shop"));
+    assert!(!can(listener, "get", "secrets", "shop"));
+    let can_status = |account: &str, verb: &str| {
+        let user = format!("system:serviceaccount:autocrane-system:{account}");
+        let (_, out, _) = kubectl(&[
+            "auth",
+            "can-i",
+            verb,
+            "pods",
+            "--subresource",
+            "status",
+            "-n",
+            "shop",
+            "--as",
+            &user,
+        ]);
+        out.trim() == "yes"
+    };
+    assert!(
+        can_status(listener, "patch"),
+        "the readiness condition autocrane.io/healthy"
+    );
+    assert!(!can_status(listener, "update"));
+    let controller = "autocrane-controller";
+    assert!(can(controller, "create", "pods", "shop"));
+    assert!(can(
+        controller,
+        "patch",
+        "autocranedeployments.autocrane.io/status",
+        "shop"
+    ));
+    assert!(!can(controller, "get", "secrets", "shop"));
+    assert!(!can(
+        controller,
+        "create",
+        "leases.coordination.k8s.io",
+        "shop"
+    ));
+    assert!(can(
+        controller,
+        "create",
+        "leases.coordination.k8s.io",
+        "autocrane-system"
+    ));
+    assert!(!can("autocrane-version-watcher", "get", "pods", "shop"));
+}
+
+#[test]
+fn only_the_data_repository_and_the_controller_reach_the_version_watcher_api() {
+    let docs = documents("components.yaml");
+    let policy = docs
+        .iter()
+        .find(|d| {
+            d["kind"] == "NetworkPolicy" && d["metadata"]["name"] == "autocrane-version-watcher"
+        })
+        .expect("a NetworkPolicy for the VersionWatcher");
+    let watcher = docs
+        .iter()
+        .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == "autocrane-version-watcher")
+        .unwrap();
+    assert_eq!(
+        policy["spec"]["podSelector"]["matchLabels"],
+        watcher["spec"]["template"]["metadata"]["labels"],
+        "the policy selects the VersionWatcher's pods"
+    );
+    assert_eq!(policy["spec"]["policyTypes"][0], "Ingress");
+    let rules = policy["spec"]["ingress"].as_array().unwrap();
+    let grpc = rules
+        .iter()
+        .find(|r| r["ports"][0]["port"] == "grpc")
+        .expect("a rule for the gRPC port");
+    let callers = &grpc["from"][0]["podSelector"]["matchExpressions"][0];
+    assert_eq!(callers["key"], "app.kubernetes.io/component");
+    assert_eq!(callers["operator"], "In");
+    assert_eq!(
+        callers["values"],
+        serde_json::json!(["data-repository", "controller"])
+    );
+    assert!(
+        grpc["from"][0].get("namespaceSelector").is_none(),
+        "callers from this namespace only"
+    );
+    // Every other rule opens only the metrics port.
+    for rule in rules.iter().filter(|r| r["ports"][0]["port"] != "grpc") {
+        assert_eq!(rule["ports"], serde_json::json!([{"port": "admin"}]));
+    }
+}

@@ -1,0 +1,621 @@
+//! End to end on the emulated cluster (kube-sim with kubelet-sim: pods are real local processes),
+//! the controller in-process as `autocrane controller` runs it (leader election on), beside the
+//! real `autocrane watchdog-listener`: the controller's pods carry the readiness gate
+//! `autocrane.io/healthy`, which kubelet-sim honours as a kubelet does, so without the listener
+//! keeping that condition no pod would ever be Ready:
+//! - a pinned `AutoCraneDeployment` as a user sees it through `kubectl` — pods Running and owned,
+//!   status and printer columns filled, Events — a changed `version.pinned` rolled out in steps,
+//!   and no pod left once the deployment is deleted;
+//! - a template the API server rejects gets a Warning Event and a condition naming the cause while
+//!   another deployment keeps running, and recovers once fixed;
+//! - of two replicas only the Lease holder acts, and the other takes over when it stops;
+//! - a deployment deleted while it carries the pins finalizer `autocrane.io/pins` is released
+//!   by the controller (its core plan: the unpins, here none) and then gone. The unpin calls
+//!   themselves need a DataRepository, which this suite does not run: they are checked against a
+//!   fake `DataCalls` in `src/apply.rs`'s unit tests.
+
+use std::{collections::BTreeSet, path::Path, process::Command, time::Duration};
+
+use autocrane_reconciler::Args;
+use autocrane_runtime::{process::Process, shutdown::Shutdown};
+use autocrane_test_support::{
+    Running, autocrane_bin, eventually, free_port, http_get, run, workspace_root,
+};
+use clap::Parser;
+use k8s_openapi::api::{coordination::v1::Lease, core::v1::Pod, events::v1::Event};
+use kube::{Api, ResourceExt, api::ListParams};
+
+#[derive(Parser, Debug)]
+struct Cli {
+    #[command(flatten)]
+    args: Args,
+}
+
+const NS: &str = "shop";
+const WAIT: Duration = Duration::from_secs(90);
+
+/// `kubectl …` against the simulator; panics with the output on failure.
+async fn kubectl(kubeconfig: &Path, args: &[&str]) -> String {
+    let kubeconfig = kubeconfig.to_path_buf();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let cache = kubeconfig.with_file_name("kube-cache");
+        let (ok, out, err) = run(Command::new("kubectl")
+            .args(&args)
+            .env("KUBECONFIG", &kubeconfig)
+            .env("KUBECACHEDIR", cache));
+        assert!(ok, "kubectl {}: {out}{err}", args.join(" "));
+        out
+    })
+    .await
+    .unwrap()
+}
+
+fn deployment_yaml(name: &str, version: &str, replicas: u32) -> String {
+    format!(
+        r#"apiVersion: autocrane.io/v1alpha1
+kind: AutoCraneDeployment
+metadata:
+  name: {name}
+  namespace: {NS}
+spec:
+  replicas: {replicas}
+  version:
+    pinned: "{version}"
+  rollout:
+    steps:
+      - {{percent: 34, bake: 2s}}
+      - {{percent: 100}}
+    maxSurge: 1
+    maxUnavailable: 0
+  template:
+    metadata:
+      labels: {{app: {name}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+        - name: web
+          image: registry.local/web:placeholder
+          command: ["sleep", "3600"]
+"#
+    )
+}
+
+/// kube-sim with its kubelet and a WatchdogListener, the CRD installed, namespace [`NS`] created.
+struct Cluster {
+    sim: kube_sim::KubeSim,
+    kubelet: kubelet_sim::KubeletHandle,
+    /// `autocrane watchdog-listener` (killed on drop): keeps the pods' `autocrane.io/healthy`.
+    listener: Running,
+    dir: tempfile::TempDir,
+    kubeconfig: std::path::PathBuf,
+}
+
+/// The real `autocrane watchdog-listener` against the cluster of `kubeconfig`, on free ports,
+/// anonymous calls allowed (no caller posts here: it only keeps the readiness-gate condition).
+async fn watchdog_listener(kubeconfig: &Path) -> Running {
+    let grpc = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut command = Command::new(autocrane_bin());
+    command
+        .args(["watchdog-listener", "--listen", &grpc.to_string()])
+        .args(["--admin-listen", &admin.to_string()])
+        .arg("--insecure-allow-anonymous")
+        .env("KUBECONFIG", kubeconfig);
+    tokio::task::spawn_blocking(move || {
+        let listener = Running::spawn(command);
+        assert_eq!(listener.grpc_address(), grpc);
+        listener
+    })
+    .await
+    .unwrap()
+}
+
+impl Cluster {
+    async fn start() -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let sim = kube_sim::KubeSim::builder()
+            .kubelet_delay(None)
+            .start()
+            .await
+            .unwrap();
+        let kubeconfig = dir.path().join("kubeconfig");
+        sim.write_kubeconfig(&kubeconfig).unwrap();
+        let kubelet = kubelet_sim::Kubelet::builder(sim.client())
+            .node_name("sim-node")
+            .api_server(sim.https_url(), sim.ca_pem())
+            .start()
+            .await
+            .unwrap();
+        let crd = workspace_root().join("deploy/crds/autocranedeployment.yaml");
+        kubectl(&kubeconfig, &["apply", "-f", crd.to_str().unwrap()]).await;
+        kubectl(&kubeconfig, &["create", "namespace", NS]).await;
+        let listener = watchdog_listener(&kubeconfig).await;
+        Cluster {
+            sim,
+            kubelet,
+            listener,
+            dir,
+            kubeconfig,
+        }
+    }
+
+    async fn kubectl(&self, args: &[&str]) -> String {
+        kubectl(&self.kubeconfig, args).await
+    }
+
+    /// `kubectl apply` of `yaml`.
+    async fn apply(&self, yaml: &str) {
+        let file = self.dir.path().join("manifest.yaml");
+        std::fs::write(&file, yaml).unwrap();
+        self.kubectl(&["apply", "-f", file.to_str().unwrap()]).await;
+    }
+
+    /// A controller replica with `identity`, its Lease valid for `lease_secs`.
+    fn controller(&self, identity: &str, lease_secs: u64) -> Replica {
+        let admin = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let cli = Cli::try_parse_from([
+            "controller",
+            "--admin-listen",
+            &admin.to_string(),
+            "--lease-namespace",
+            "default",
+            "--lease-duration-secs",
+            &lease_secs.to_string(),
+            "--identity",
+            identity,
+        ])
+        .unwrap();
+        let (stop, shutdown) = Shutdown::new();
+        let task = tokio::spawn(autocrane_reconciler::run_with(
+            cli.args,
+            Process::new(shutdown),
+            self.sim.client(),
+        ));
+        Replica { stop, task, admin }
+    }
+
+    fn pods(&self) -> Api<Pod> {
+        Api::namespaced(self.sim.client(), NS)
+    }
+
+    /// Event reasons recorded on deployment `name`.
+    async fn event_reasons(&self, name: &str) -> BTreeSet<String> {
+        let events: Api<Event> = Api::namespaced(self.sim.client(), NS);
+        events
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+            .filter_map(|e| e.reason)
+            .collect()
+    }
+
+    async fn shutdown(self) {
+        drop(self.listener);
+        self.kubelet.shutdown().await;
+        self.sim.shutdown().await;
+    }
+}
+
+/// One running controller replica.
+struct Replica {
+    stop: autocrane_runtime::shutdown::ShutdownTrigger,
+    task: tokio::task::JoinHandle<Result<(), autocrane_reconciler::Error>>,
+    /// The admin listener (`/metrics`).
+    admin: std::net::SocketAddr,
+}
+
+impl Replica {
+    /// `autocrane_controller_reconciles_total` from `/metrics`.
+    async fn reconciles(&self) -> u64 {
+        let admin = self.admin;
+        let (status, text) = tokio::task::spawn_blocking(move || http_get(admin, "/metrics"))
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{text}");
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix("autocrane_controller_reconciles_total ")?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("no reconcile counter in {text}"))
+    }
+
+    /// The `/metrics` text.
+    async fn metrics(&self) -> String {
+        let admin = self.admin;
+        let (status, text) = tokio::task::spawn_blocking(move || http_get(admin, "/metrics"))
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{text}");
+        text
+    }
+
+    /// SIGTERM: stops acting and releases the Lease.
+    async fn stop(self) {
+        self.stop.trigger();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+/// The pods of the namespace that are not going away: (name, image, ready).
+async fn live_pods(pods: &Api<Pod>) -> Vec<(String, String, bool)> {
+    pods.list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .map(|p| {
+            let image = p.spec.as_ref().unwrap().containers[0]
+                .image
+                .clone()
+                .unwrap_or_default();
+            let ready = p
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            (p.name_any(), image, ready)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pinned_deployment_runs_rolls_out_in_steps_and_is_collected() {
+    let cluster = Cluster::start().await;
+    let controller = cluster.controller("replica-a", 15);
+    cluster.apply(&deployment_yaml("web", "1.0", 3)).await;
+
+    // Three pods, Running and Ready, owned by the deployment, on version 1.0.
+    let pods = cluster.pods();
+    eventually(WAIT, "3 ready pods on 1.0", || async {
+        let live = live_pods(&pods).await;
+        live.len() == 3
+            && live
+                .iter()
+                .all(|(_, image, ready)| image == "registry.local/web:1.0" && *ready)
+    })
+    .await;
+    let mut slots = BTreeSet::new();
+    for pod in pods.list(&ListParams::default()).await.unwrap() {
+        let owner = &pod.owner_references()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.name.as_str()),
+            ("AutoCraneDeployment", "web")
+        );
+        assert_eq!(
+            (owner.controller, owner.block_owner_deletion),
+            (Some(true), Some(true))
+        );
+        // Ready through the gate: the listener set the condition the kubelet waits for.
+        let gates = pod.spec.as_ref().unwrap().readiness_gates.clone();
+        assert_eq!(
+            gates.unwrap_or_default()[0].condition_type,
+            "autocrane.io/healthy"
+        );
+        let status = pod.status.unwrap();
+        let healthy = status
+            .conditions
+            .iter()
+            .flatten()
+            .find(|c| c.type_ == "autocrane.io/healthy")
+            .unwrap_or_else(|| panic!("no gate condition: {status:?}"));
+        assert_eq!(
+            (healthy.status.as_str(), healthy.reason.as_deref()),
+            ("True", Some("NoWatchdogs"))
+        );
+        assert_eq!(status.phase.as_deref(), Some("Running"));
+        let labels = pod.metadata.labels.unwrap();
+        assert_eq!(labels["autocrane.io/deployment"], "web");
+        assert!(labels.contains_key("autocrane.io/revision"));
+        slots.insert(labels["autocrane.io/slot"].clone());
+    }
+
+    assert_eq!(slots.len(), 3, "one pod per slot");
+
+    // Status and printer columns, as kubectl shows them.
+    eventually(WAIT, "status filled", || async {
+        cluster
+            .kubectl(&[
+                "get", "acd", "web", "-n", NS, "-o",
+                "jsonpath={.status.replicas} {.status.readyReplicas} {.status.currentVersion} {.status.phase}",
+            ])
+            .await
+            == "3 3 1.0 Available"
+    })
+    .await;
+    let table = cluster.kubectl(&["get", "acd", "-n", NS]).await;
+    let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(
+        &row[..7],
+        ["web", "3", "3", "3", "1.0", "1.0", "Available"],
+        "{table}"
+    );
+
+    // A new pinned version rolls out in steps: never more than replicas + maxSurge live pods, a
+    // moment with both versions, then every pod on 2.0.
+    cluster.apply(&deployment_yaml("web", "2.0", 3)).await;
+    let mut most = 0;
+    let mut mixed = false;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let live = live_pods(&pods).await;
+        most = most.max(live.len());
+        let images: BTreeSet<&str> = live.iter().map(|(_, i, _)| i.as_str()).collect();
+        mixed |= images.len() == 2;
+        if live.len() == 3
+            && live
+                .iter()
+                .all(|(_, image, ready)| image == "registry.local/web:2.0" && *ready)
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "rollout to 2.0 did not finish: {live:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(most <= 4, "at most replicas + maxSurge pods, saw {most}");
+    assert!(mixed, "the rollout went in steps");
+    eventually(WAIT, "status on 2.0", || async {
+        cluster
+            .kubectl(&[
+                "get",
+                "acd",
+                "web",
+                "-n",
+                NS,
+                "-o",
+                "jsonpath={.status.currentVersion} {.status.phase}",
+            ])
+            .await
+            == "2.0 Available"
+    })
+    .await;
+
+    eventually(WAIT, "the old pods gone", || async {
+        pods.list(&ListParams::default()).await.unwrap().items.len() == 3
+    })
+    .await;
+    // Idle once converged: no pass without a change (no polling, no status write loop). The last
+    // pod deletions may still be echoing through the watches, so first wait until the count
+    // stops moving for a second (a polling or status-write loop never does, and fails here);
+    // then the only sleep of the suite, standing for "nothing happens".
+    let seen = std::cell::Cell::new(controller.reconciles().await);
+    let last = eventually(WAIT, "the controller to go quiet", || {
+        let (controller, seen) = (&controller, &seen);
+        async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let now = controller.reconciles().await;
+            (now == seen.replace(now)).then_some(now)
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(controller.reconciles().await, last, "reconciles while idle");
+
+    // The rollout left Events on the deployment (events.k8s.io/v1).
+    let reasons = cluster.event_reasons("web").await;
+    assert!(reasons.contains("RolloutStarted"), "{reasons:?}");
+
+    // Deleting the deployment leaves no pod (owner references, garbage collection).
+    cluster.kubectl(&["delete", "acd", "web", "-n", NS]).await;
+    eventually(WAIT, "no pod left", || async {
+        pods.list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    })
+    .await;
+
+    controller.stop().await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_template_is_reported_and_other_deployments_keep_running() {
+    let cluster = Cluster::start().await;
+    let controller = cluster.controller("replica-a", 15);
+    cluster.apply(&deployment_yaml("good", "1.0", 2)).await;
+    // A second container without an image: the API server refuses every pod built from it.
+    let broken = deployment_yaml("broken", "1.0", 2).replace(
+        "          command: [\"sleep\", \"3600\"]\n",
+        "          command: [\"sleep\", \"3600\"]\n        - name: helper\n",
+    );
+    cluster.apply(&broken).await;
+
+    eventually(WAIT, "a TemplateRejected condition", || async {
+        cluster
+            .kubectl(&[
+                "get",
+                "acd",
+                "broken",
+                "-n",
+                NS,
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Progressing\")].reason}",
+            ])
+            .await
+            == "TemplateRejected"
+    })
+    .await;
+    let message = cluster
+        .kubectl(&[
+            "get",
+            "acd",
+            "broken",
+            "-n",
+            NS,
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Progressing\")].message}",
+        ])
+        .await;
+    assert!(message.contains("spec.containers[1].image"), "{message}");
+    eventually(WAIT, "a TemplateRejected Warning Event", || async {
+        cluster
+            .event_reasons("broken")
+            .await
+            .contains("TemplateRejected")
+    })
+    .await;
+
+    // The other deployment is undisturbed.
+    let pods = cluster.pods();
+    eventually(WAIT, "the good deployment's pods", || async {
+        let live = live_pods(&pods).await;
+        live.iter()
+            .filter(|(n, _, ready)| n.starts_with("good") && *ready)
+            .count()
+            == 2
+    })
+    .await;
+
+    // Fixed, the broken one comes up and its conditions are the core's again.
+    cluster.apply(&deployment_yaml("broken", "1.0", 2)).await;
+    eventually(WAIT, "the fixed deployment available", || async {
+        cluster
+            .kubectl(&[
+                "get",
+                "acd",
+                "broken",
+                "-n",
+                NS,
+                "-o",
+                "jsonpath={.status.readyReplicas} {.status.phase}",
+            ])
+            .await
+            == "2 Available"
+    })
+    .await;
+
+    controller.stop().await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_lease_holder_acts_and_a_standby_takes_over() {
+    let cluster = Cluster::start().await;
+    let leases: Api<Lease> = Api::namespaced(cluster.sim.client(), "default");
+    let holder = || async {
+        leases
+            .get_opt("autocrane-controller")
+            .await
+            .unwrap()
+            .and_then(|l| l.spec?.holder_identity)
+    };
+    let a = cluster.controller("replica-a", 3);
+    eventually(WAIT, "replica-a holds the Lease", || async {
+        holder().await.as_deref() == Some("replica-a")
+    })
+    .await;
+    let b = cluster.controller("replica-b", 3);
+    cluster.apply(&deployment_yaml("web", "1.0", 2)).await;
+    let pods = cluster.pods();
+    eventually(WAIT, "2 ready pods", || async {
+        live_pods(&pods).await.iter().filter(|(_, _, r)| *r).count() == 2
+    })
+    .await;
+    // Every write came from the leader: each Event names its reporting instance.
+    let events: Api<Event> = Api::namespaced(cluster.sim.client(), NS);
+    let instances: BTreeSet<String> = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|e| e.reporting_instance)
+        .collect();
+    assert!(!instances.contains("replica-b"), "{instances:?}");
+    assert_eq!(holder().await.as_deref(), Some("replica-a"));
+
+    let before: BTreeSet<String> = live_pods(&pods)
+        .await
+        .into_iter()
+        .map(|(n, ..)| n)
+        .collect();
+
+    // The leader goes; the standby takes over and acts (a scale-up is carried out) without
+    // replacing what runs: it converges from the cluster's state.
+    a.stop().await;
+    eventually(WAIT, "replica-b holds the Lease", || async {
+        holder().await.as_deref() == Some("replica-b")
+    })
+    .await;
+    cluster.apply(&deployment_yaml("web", "1.0", 3)).await;
+    eventually(WAIT, "3 ready pods", || async {
+        live_pods(&pods).await.iter().filter(|(_, _, r)| *r).count() == 3
+    })
+    .await;
+
+    let after: BTreeSet<String> = live_pods(&pods)
+        .await
+        .into_iter()
+        .map(|(n, ..)| n)
+        .collect();
+    assert!(after.is_superset(&before), "{before:?} → {after:?}");
+
+    b.stop().await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_deployment_with_the_pins_finalizer_is_released_and_gone() {
+    let cluster = Cluster::start().await;
+    // As a controller that held pins left it: the finalizer is on, and the deployment is deleted
+    // while no controller runs.
+    let yaml = deployment_yaml("web", "1.0", 1).replace(
+        "  namespace: shop\n",
+        "  namespace: shop\n  finalizers: [\"autocrane.io/pins\"]\n",
+    );
+    cluster.apply(&yaml).await;
+    cluster
+        .kubectl(&["delete", "acd", "web", "-n", NS, "--wait=false"])
+        .await;
+    let acds: Api<autocrane_api::crd::AutoCraneDeployment> =
+        Api::namespaced(cluster.sim.client(), NS);
+    let held = acds.get("web").await.unwrap();
+    assert!(held.metadata.deletion_timestamp.is_some());
+    assert_eq!(
+        held.metadata.finalizers.as_deref(),
+        Some(&["autocrane.io/pins".to_string()][..]),
+        "held by the finalizer"
+    );
+
+    let controller = cluster.controller("replica-a", 15);
+    eventually(WAIT, "the deployment gone", || async {
+        acds.get_opt("web").await.unwrap().is_none()
+    })
+    .await;
+    assert!(
+        cluster
+            .pods()
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty(),
+        "no pod was created for a deployment being deleted"
+    );
+    // The reaction-time histograms are exposed beside the reconcile metrics.
+    let metrics = controller.metrics().await;
+    for name in [
+        "autocrane_controller_error_to_rollback_seconds",
+        "autocrane_controller_version_to_first_pod_seconds",
+        "autocrane_controller_data_synced_to_applied_seconds",
+    ] {
+        assert!(
+            metrics.contains(&format!("{name}_count 0")),
+            "{name}: {metrics}"
+        );
+    }
+
+    controller.stop().await;
+    cluster.shutdown().await;
+}
