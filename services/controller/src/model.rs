@@ -344,21 +344,13 @@ impl PlanError {
     pub fn failure(&self) -> Failure {
         Failure {
             reason: crate::conditions::reason::INVALID_SPEC,
-            message: chain(self),
+            message: match self {
+                // The only variant with a cause: say it on the same line.
+                PlanError::HashTemplate(cause) => format!("{self}: {cause}"),
+                PlanError::InvalidSpec { .. } => self.to_string(),
+            },
         }
     }
-}
-
-/// An error and its causes on one line.
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// A failure the planner never sees or cannot plan past, which a person must fix: an invalid

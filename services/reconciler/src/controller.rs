@@ -522,17 +522,7 @@ fn error_policy(deployment: Arc<AutoCraneDeployment>, error: &Error, ctx: Arc<Co
     Action::requeue(delay)
 }
 
-/// The error and its causes on one line.
-pub fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
+pub use autocrane_runtime::errors::error_chain as chain;
 
 #[cfg(test)]
 mod tests {

@@ -28,7 +28,7 @@ use autocrane_controller::{conditions::reason, model::Failure};
 use autocrane_runtime::{
     RuntimeError,
     admin::serve_admin,
-    args::{ClientTlsArgs, OptionalAddr},
+    args::{ClientTlsArgs, OptionalAddr, parse_optional_addr},
     process::Process,
 };
 use tracing::Instrument;
@@ -116,15 +116,6 @@ pub struct Args {
     /// TLS towards the VersionWatcher and the DataRepository (`https://` URLs).
     #[command(flatten)]
     pub client_tls: ClientTlsArgs,
-}
-
-fn parse_optional_addr(text: &str) -> Result<OptionalAddr, String> {
-    if text.eq_ignore_ascii_case("off") {
-        return Ok(OptionalAddr(None));
-    }
-    text.parse()
-        .map(|addr| OptionalAddr(Some(addr)))
-        .map_err(|err| format!("expected HOST:PORT or `off`: {err}"))
 }
 
 /// Errors of the controller.
