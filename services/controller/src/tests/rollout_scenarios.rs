@@ -48,6 +48,9 @@ fn first_plan_creates_every_pod_of_the_target_at_once() {
 fn revision_is_a_stable_hash_of_template_and_version() {
     let a = deployment().build().spec.template;
     let b = deployment().template_image("web2").build().spec.template;
+    // Pinned: revisions are pod labels and pod names in running clusters, so a change of the hash
+    // (serialisation, algorithm, truncation) would make a controller upgrade replace every pod.
+    assert_eq!(revision_of(&a, Some("v0")).unwrap(), "d03572451a");
     assert_eq!(
         revision_of(&a, Some("v1")).unwrap(),
         revision_of(&a, Some("v1")).unwrap()
