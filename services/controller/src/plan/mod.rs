@@ -232,7 +232,14 @@ impl<'a> Pass<'a> {
     }
 
     fn into_plan(self) -> Plan {
-        let holds_pins = !self.spec.data.is_empty() || self.status.data.iter().any(pinned);
+        // A source that leaves the spec is unpinned and dropped from the status in the same pass
+        // (`data::pins`), so after planning only the spec's sources can hold pins; a failed unpin
+        // fails the pass before the finalizer goes, and the next pass plans the unpins again.
+        let holds_pins = !self.spec.data.is_empty();
+        debug_assert!(
+            holds_pins || !self.status.data.iter().any(pinned),
+            "a source outside the spec still holds a pin after planning"
+        );
         Plan {
             actions: self.actions,
             status: self.status,

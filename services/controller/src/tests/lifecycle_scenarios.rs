@@ -79,6 +79,17 @@ fn a_deployment_holds_pins_while_it_has_data_sources() {
     assert!(world.plan().holds_pins);
     let plain = World::running(deployment().pinned("v1"));
     assert!(!plain.plan().holds_pins);
+    // Data sources in the spec but no version synced yet: nothing pinned, yet the finalizer must
+    // be in place before the first pin is made.
+    let fresh = World::running(deployment().pinned("v1").data_source("d"));
+    assert!(
+        fresh
+            .status()
+            .data
+            .iter()
+            .all(|d| d.lkg.is_none() && d.target.is_none())
+    );
+    assert!(fresh.plan().holds_pins);
     // Its data sources gone, the deployment unpins them and holds nothing afterwards.
     let mut world = world;
     world.acd.spec.data.clear();
@@ -119,6 +130,22 @@ fn a_failure_sets_progressing_false_and_keeps_what_was_observed() {
 
     // The same failure again: nothing new to write or to tell.
     assert!(!failure_is_new(&world.acd, &failure));
+    // News is judged on the whole condition: another message, or the same reason and message on
+    // another condition type, is news.
+    let reworded = Failure {
+        reason: failure.reason,
+        message: format!("{} (again, worded differently)", failure.message),
+    };
+    assert!(failure_is_new(&world.acd, &reworded));
+    let mut elsewhere = world.acd.clone();
+    if let Some(status) = elsewhere.status.as_mut() {
+        for c in &mut status.conditions {
+            if c.type_ == condition::PROGRESSING {
+                c.type_ = condition::DEGRADED.into();
+            }
+        }
+    }
+    assert!(failure_is_new(&elsewhere, &failure));
     world.tick(60);
     assert_eq!(failed(&world.acd, &failure, world.now), status);
     // Another failure while Progressing stays False keeps the transition time.
