@@ -37,7 +37,7 @@ pub struct ErrorRule {
 #[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct FaultConfig {
-    /// Error rules, first match wins.
+    /// Error rules: each rule matching a request draws in order; the first that fires wins.
     #[serde(default)]
     pub errors: Vec<ErrorRule>,
     /// Latency added to every API request.
@@ -152,18 +152,22 @@ impl Faults {
         group: &str,
     ) -> Option<ApiError> {
         let mut i = self.inner.lock().expect("faults lock");
-        let rule = i
+        // Each matching rule draws in turn and the first that fires wins, so two rules on one
+        // verb (30% 500, then 20% 409) both fire at their rates instead of the first one
+        // shadowing the second whenever it matches.
+        let matching: Vec<ErrorRule> = i
             .config
             .errors
             .iter()
-            .find(|r| {
+            .filter(|r| {
                 r.verb.as_deref().is_none_or(|v| v == verb)
                     && r.resource.as_deref().is_none_or(|x| x == resource)
-            })?
-            .clone();
-        if !i.rng.random_bool(rule.rate.clamp(0.0, 1.0)) {
-            return None;
-        }
+            })
+            .cloned()
+            .collect();
+        let rule = matching
+            .into_iter()
+            .find(|rule| i.rng.random_bool(rule.rate.clamp(0.0, 1.0)))?;
         *i.injected.entry(verb.to_string()).or_default() += 1;
         let target = crate::status::Target {
             group,

@@ -156,7 +156,8 @@ async fn controller_reconciles_through_faults() {
         .await
         .unwrap();
     all_reconciled(vec!["one".into()]).await;
-    // 30% of patches fail with 500 and 20% with 409; watches drop and history is compacted.
+    // 30% of patches fail with 500 and 20% of the others with 409 (each matching rule draws in
+    // turn); watches drop and history is compacted.
     sim.faults().add_error(ErrorRule {
         verb: Some("patch".into()),
         resource: None,
