@@ -88,4 +88,53 @@ fi
 "$CLUSTER_BIN" kubectl version --client >/dev/null 2>&1 || { log "$CLUSTER_BIN is not runnable"; exit 1; }
 # --- end of upstream Kubernetes control plane (integration-tests/cluster) ---
 
+# --- Go clients generated from proto/ (integration-tests/goclient) ---
+# protoc-gen-go and protoc-gen-go-grpc built from the Go module proxy into .cache/go-bin (ignored),
+# then `buf generate` (template integration-tests/goclient/buf.gen.yaml, `local:` plugins) writes
+# the Go code of proto/ into .cache/goclient/gen (ignored) as the module named by the go_package
+# options, which integration-tests/goclient/go.mod replaces. Skipped when the stamp records the same
+# plugin versions, Go version, template and .proto files. Its own small Go module: the control
+# plane's dependency graph is untouched. integration-tests/e2e/tests/go_clients.rs runs its test.
+GOCLIENT_GEN=.cache/goclient/gen
+GOCLIENT_STAMP=.cache/goclient/gen.stamp
+GOCLIENT_PROTOC_GEN_GO=v1.36.12      # google.golang.org/protobuf/cmd/protoc-gen-go
+GOCLIENT_PROTOC_GEN_GO_GRPC=v1.6.2   # google.golang.org/grpc/cmd/protoc-gen-go-grpc
+goclient_hash() {
+  { go version; printf '%s %s\n' "$GOCLIENT_PROTOC_GEN_GO" "$GOCLIENT_PROTOC_GEN_GO_GRPC"
+    LC_ALL=C sha256sum integration-tests/goclient/buf.gen.yaml integration-tests/goclient/go.mod \
+      proto/buf.yaml $(find proto -name '*.proto' | LC_ALL=C sort); } | sha256sum | cut -d' ' -f1
+}
+GOCLIENT_HASH="$(goclient_hash)"
+if [[ ! -f "$GOCLIENT_GEN/go.mod" || ! -f "$GOCLIENT_STAMP" || "$(cat "$GOCLIENT_STAMP")" != "$GOCLIENT_HASH" ]]; then
+  mkdir -p .cache/goclient
+  exec {goclient_lock}>.cache/goclient/.lock
+  flock "$goclient_lock"
+  if [[ ! -f "$GOCLIENT_GEN/go.mod" || ! -f "$GOCLIENT_STAMP" || "$(cat "$GOCLIENT_STAMP")" != "$GOCLIENT_HASH" ]]; then
+    log "generating Go code from proto/ into $GOCLIENT_GEN (protoc-gen-go $GOCLIENT_PROTOC_GEN_GO, protoc-gen-go-grpc $GOCLIENT_PROTOC_GEN_GO_GRPC)"
+    rm -f "$GOCLIENT_STAMP"
+    # One module per `go install`: the two plugins live in different modules.
+    GOBIN="$ROOT/.cache/go-bin" CGO_ENABLED=0 go install -trimpath \
+      "google.golang.org/protobuf/cmd/protoc-gen-go@$GOCLIENT_PROTOC_GEN_GO" \
+      || { log "installing protoc-gen-go failed"; exit 1; }
+    GOBIN="$ROOT/.cache/go-bin" CGO_ENABLED=0 go install -trimpath \
+      "google.golang.org/grpc/cmd/protoc-gen-go-grpc@$GOCLIENT_PROTOC_GEN_GO_GRPC" \
+      || { log "installing protoc-gen-go-grpc failed"; exit 1; }
+    PATH="$ROOT/.cache/go-bin:$PATH" .tools/node_modules/.bin/buf generate proto \
+      --template integration-tests/goclient/buf.gen.yaml \
+      || { log "buf generate (Go) failed"; exit 1; }
+    # The generated module requires what integration-tests/goclient/go.mod pins.
+    {
+      printf 'module github.com/autocrane/autocrane/gen/go\n\ngo 1.26.0\n\nrequire (\n'
+      awk '$1 ~ /^google\.golang\.org\/(grpc|protobuf)$/ && NF >= 2 { printf "\t%s %s\n", $1, $2 }' \
+        integration-tests/goclient/go.mod
+      printf ')\n'
+    } > "$GOCLIENT_GEN/go.mod"
+    (cd integration-tests/goclient && CGO_ENABLED=0 go vet -trimpath ./...) \
+      || { log "the generated Go code does not build with integration-tests/goclient"; exit 1; }
+    printf '%s' "$GOCLIENT_HASH" > "$GOCLIENT_STAMP"
+  fi
+  exec {goclient_lock}>&-
+fi
+# --- end of Go clients generated from proto/ (integration-tests/goclient) ---
+
 log "tools ready"

@@ -184,7 +184,16 @@ fn missed_progress_deadline_rolls_back() {
     world.step();
     // The new pod never becomes Ready (image pull backoff, say).
     world.tick(119);
-    assert!(world.step().status.bad_versions.is_empty());
+    let waiting = world.step();
+    assert!(waiting.status.bad_versions.is_empty());
+    // Nothing else changes before the deadline, so the plan asks to look again no later than it.
+    assert!(
+        waiting
+            .requeue_after
+            .is_some_and(|after| after <= std::time::Duration::from_secs(1)),
+        "{:?}",
+        waiting.requeue_after
+    );
     world.tick(1);
     let plan = world.step();
     assert_eq!(plan.status.bad_versions[0].version, "v2");

@@ -60,6 +60,8 @@ fn step_counts_round_up_and_keep_at_least_one_pod() {
     assert_eq!(step_count(1, 3), 1);
     assert_eq!(step_count(100, 7), 7);
     assert_eq!(step_count(50, 0), 0);
+    // A 0% step still keeps one pod while any is wanted.
+    assert_eq!(step_count(0, 4), 1);
 }
 
 #[test]
