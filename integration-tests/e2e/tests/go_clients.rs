@@ -5,14 +5,13 @@
 //! fetch from a DataRepository following that VersionWatcher. The Go test reads the addresses from
 //! the environment and fails when one is missing; this test asserts it passed.
 
+mod common;
+
 use std::{path::Path, process::Command, time::Duration};
 
 use autocrane_test_support::{
     DataStack, Running, autocrane_bin, noise, run, system_tool, workspace_root,
 };
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, PostParams};
-use kube_sim::KubeSim;
 
 /// Writes `content` at `path`, creating its parent directories.
 fn write(path: &Path, content: &[u8]) {
@@ -33,19 +32,7 @@ async fn go_clients_generated_from_proto_call_the_three_services() {
     autocrane_bin();
 
     // WatchdogListener, against kube-sim holding the pod the Go client posts to.
-    let sim = KubeSim::builder().start().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    sim.write_kubeconfig(&kubeconfig).unwrap();
-    let pod: Pod = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "web-0"},
-        "spec": {"containers": [{"name": "web", "image": "x"}]}
-    }))
-    .unwrap();
-    Api::<Pod>::namespaced(sim.client(), "default")
-        .create(&PostParams::default(), &pod)
-        .await
-        .unwrap();
+    let (_sim, dir, kubeconfig) = common::kube_sim_with_pod("web-0").await;
     let mut command = Command::new(autocrane_bin());
     command
         .args([

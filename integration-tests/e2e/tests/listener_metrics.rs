@@ -1,12 +1,11 @@
 //! The real `autocrane watchdog-listener` against kube-sim exports its write path on `/metrics`:
 //! after two posts through the `autocrane watchdog` CLI, the operation and patch counters say so.
 
+mod common;
+
 use std::process::Command;
 
 use autocrane_test_support::{Running, autocrane_bin, http_get, run};
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, PostParams};
-use kube_sim::KubeSim;
 
 /// The value of an unlabelled sample.
 fn sample(text: &str, name: &str) -> Option<u64> {
@@ -16,19 +15,7 @@ fn sample(text: &str, name: &str) -> Option<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_listener_exports_write_path_counters() {
-    let sim = KubeSim::builder().start().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    sim.write_kubeconfig(&kubeconfig).unwrap();
-    let pod: Pod = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "web-0"},
-        "spec": {"containers": [{"name": "web", "image": "x"}]}
-    }))
-    .unwrap();
-    Api::<Pod>::namespaced(sim.client(), "default")
-        .create(&PostParams::default(), &pod)
-        .await
-        .unwrap();
+    let (_sim, _dir, kubeconfig) = common::kube_sim_with_pod("web-0").await;
 
     let mut command = Command::new(autocrane_bin());
     command
