@@ -17,7 +17,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -372,8 +372,11 @@ async fn container_logs(
         Ok(f) => f,
         Err((code, msg)) => return text(code, msg),
     };
-    let data = match std::fs::read(&file) {
-        Ok(d) => d,
+    // One handle for the whole answer: when the pod stops, its directory is removed right after
+    // the container's last write, and a follower that reopened the file by name would lose the
+    // final lines (an open file stays readable after it is unlinked).
+    let mut handle = match std::fs::File::open(&file) {
+        Ok(h) => h,
         Err(e) => {
             return text(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -381,7 +384,16 @@ async fn container_logs(
             );
         }
     };
-    let offset = data.len() as u64;
+    let mut data = Vec::new();
+    match handle.read_to_end(&mut data) {
+        Ok(_) => {}
+        Err(e) => {
+            return text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("reading the log of {container:?}: {e}"),
+            );
+        }
+    };
     let initial = match opts.tail_lines {
         Some(n) => tail(&data, n),
         None => &data[..],
@@ -425,14 +437,12 @@ async fn container_logs(
         if !first.is_empty() && tx.send(Ok(Frame::data(Bytes::from(first)))).await.is_err() {
             return;
         }
-        let mut offset = offset;
         loop {
             let finished = done.exists()
                 || shared.shutting_down()
                 || !shared.pods.lock().expect("pods").contains_key(&key);
-            let chunk = read_from(&file, offset);
+            let chunk = read_more(&mut handle);
             if !chunk.is_empty() {
-                offset += chunk.len() as u64;
                 let mut out = if opts.timestamps {
                     stamp_lines(
                         &chunk,
@@ -463,14 +473,10 @@ async fn container_logs(
         .expect("response")
 }
 
-/// What `file` holds from `offset` on (empty on any error).
-fn read_from(file: &Path, offset: u64) -> Vec<u8> {
+/// What was appended to the open log since the last read (empty on any error).
+fn read_more(handle: &mut std::fs::File) -> Vec<u8> {
     let mut out = Vec::new();
-    if let Ok(mut f) = std::fs::File::open(file)
-        && f.seek(SeekFrom::Start(offset)).is_ok()
-    {
-        let _ = f.read_to_end(&mut out);
-    }
+    let _ = handle.read_to_end(&mut out);
     out
 }
 
