@@ -24,12 +24,19 @@ scripts/check-dependency-versions.sh
 step "buf lint"
 (cd proto && ../.tools/node_modules/.bin/buf lint)
 
-# The test targets that hold real-control-plane tests (`tests/real_cluster.rs`, `tests/differential.rs`).
+# The test targets that talk to Kubernetes: every `tests/*.rs` that takes its cluster from the
+# harness (`TestCluster`, integration-tests/e2e/src/cluster.rs), itself or through its
+# `tests/common/mod.rs`. They run on kube-sim in the main pass and again on the real control plane
+# below; a new suite joins by using the harness.
 real_targets() {
-  local file
-  for file in integration-tests/*/tests/real_cluster.rs integration-tests/*/tests/differential.rs \
-    services/*/tests/real_cluster.rs; do
-    [[ -f "$file" ]] && printf -- '--test %s ' "$(basename "$file" .rs)"
+  local file common
+  for file in integration-tests/*/tests/*.rs services/*/tests/*.rs tests/*.rs; do
+    [[ -f "$file" ]] || continue
+    common="$(dirname "$file")/common/mod.rs"
+    if grep -q 'TestCluster' "$file" ||
+      { grep -q '^mod common;' "$file" && grep -qs 'TestCluster' "$common"; }; then
+      printf -- '--test %s ' "$(basename "$file" .rs)"
+    fi
   done
 }
 
@@ -42,11 +49,18 @@ tests=0
 AUTOCRANE_TEST_RUN="$RUN_ID" cargo test --workspace --locked -- --test-threads=4 || tests=$?
 
 step "Kubernetes-facing suites on the real control plane (AUTOCRANE_TEST_CLUSTER=real)"
-# The same workspace build (so no feature set is rebuilt), only the real-control-plane test targets,
-# only their real-only tests: each starts upstream etcd, kube-apiserver, controller-manager and
-# scheduler (.cache/cluster/cluster, built by install-test-tools.sh) and fails loudly without them.
+# The same workspace build (so no feature set is rebuilt), only the targets of real_targets, one
+# test at a time (each starts upstream etcd, kube-apiserver, controller-manager and scheduler from
+# .cache/cluster/cluster, built by install-test-tools.sh, and fails loudly without it): first their
+# backend-agnostic tests, then their `#[ignore]`d `real_control_plane_only_…` tests.
+targets="$(real_targets)"
+real_started=$SECONDS
 AUTOCRANE_TEST_RUN="$RUN_ID" AUTOCRANE_TEST_CLUSTER=real \
-  cargo test --workspace --locked $(real_targets) -- --ignored --test-threads=1 || tests=$?
+  cargo test --workspace --locked $targets -- --test-threads=1 || tests=$?
+AUTOCRANE_TEST_RUN="$RUN_ID" AUTOCRANE_TEST_CLUSTER=real \
+  cargo test --workspace --locked $targets -- --ignored real_control_plane_only_ --test-threads=1 ||
+  tests=$?
+echo "real pass: $((SECONDS - real_started)) s"
 
 step "No test process outlives the suite"
 leftovers() {

@@ -47,11 +47,11 @@ pub struct Rollup {
     /// The earliest `updated_at` among the unexpired watchdogs at the worst level; `None` when
     /// there is none. The controller derives a pod's `health_since` from it.
     ///
-    /// An annotation records when its watchdog was last *written*, not when the pod entered that
-    /// level, so this is the latest moment the pod can have entered it: the true start is at or
-    /// before it. A running controller keeps the earlier moment it first observed the level; after
-    /// a controller restart it starts again from this value, which can only make a failing-limit
-    /// restart later than due, never earlier.
+    /// An annotation records when its watchdog was last *written* (truncated to the second), not
+    /// when the pod entered that level, so the pod entered it before the end of this second: the
+    /// true start is at or before `since` + 1 s. A running controller keeps the earlier moment it
+    /// first observed the level; after a controller restart it starts again from `since` + 1 s,
+    /// which can only make a failing-limit restart later than due, never earlier.
     pub since: Option<Timestamp>,
     /// The earliest future expiry, when the rollup may change by itself.
     pub next_expiry: Option<Timestamp>,

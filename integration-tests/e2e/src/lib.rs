@@ -4,6 +4,7 @@
 //! | module | what it gives |
 //! |---|---|
 //! | this file | the workspace root, real binaries and third-party tools (installed by `scripts/install-test-tools.sh`), free ports, [`eventually`], one-shot commands |
+//! | [`cluster`] | [`TestCluster`]: the Kubernetes API server of every test, kube-sim or the real control plane as `AUTOCRANE_TEST_CLUSTER=sim\|real` says, with a kubelet-sim node when pods must run |
 //! | [`process`] | [`Running`]: a process killed on drop, its whole process group when asked; [`processes_in_group`] to prove nothing outlived it |
 //! | [`git`] | [`GitRepo`] work trees and [`GitServer`], one `git daemon` whose group is killed on drop |
 //! | [`http_origin`] | [`HttpOrigin`], archives served with ETags; [`post_sink`], bodies POSTed recorded |
@@ -11,15 +12,18 @@
 //! | [`stack`] | [`DataStack`]: a VersionWatcher and a DataRepository as `autocrane` processes |
 //!
 //! A missing tool is a test failure with a message saying how to install it, never a skip. It
-//! depends on no AutoCrane crate, so any crate (the simulators included) can dev-depend on it;
-//! the gRPC clients of a service's API stay in that service's tests.
+//! depends on no AutoCrane crate, so any crate can dev-depend on it; the simulators it starts
+//! (kube-sim, kubelet-sim) dev-depend on it too, which cargo allows (their tests link the same
+//! library). The gRPC clients of a service's API stay in that service's tests.
 
+pub mod cluster;
 pub mod data;
 pub mod git;
 pub mod http_origin;
 pub mod process;
 pub mod stack;
 
+pub use cluster::{Backend, ClusterOptions, KubectlOutput, TestCluster};
 pub use data::{RawEntry, file, gzip, noise, raw_tar, strings, symlink};
 pub use git::{GitRepo, GitServer, git};
 pub use http_origin::{HttpOrigin, post_sink};
@@ -93,8 +97,14 @@ pub fn run(command: &mut Command) -> (bool, String, String) {
 
 /// The `autocrane` binary of this workspace, built (incrementally) on first use.
 pub fn autocrane_bin() -> PathBuf {
-    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT
+    workspace_binary("autocrane")
+}
+
+/// A binary of this workspace (`autocrane`, `kubelet-sim`, `kube-sim`, …) in the target
+/// directory, after one `cargo build --workspace --all-targets` per test process.
+pub fn workspace_binary(name: &str) -> PathBuf {
+    static TARGET: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let bin = TARGET
         .get_or_init(|| {
             let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
             let mut command = Command::new(cargo);
@@ -132,14 +142,14 @@ pub fn autocrane_bin() -> PathBuf {
                 status.success(),
                 "cargo build --workspace --all-targets failed"
             );
-            let target = std::env::var_os("CARGO_TARGET_DIR")
+            std::env::var_os("CARGO_TARGET_DIR")
                 .map(PathBuf::from)
-                .unwrap_or_else(|| workspace_root().join("target"));
-            let bin = target.join("debug/autocrane");
-            assert!(bin.exists(), "{} missing after build", bin.display());
-            bin
+                .unwrap_or_else(|| workspace_root().join("target"))
+                .join("debug")
         })
-        .clone()
+        .join(name);
+    assert!(bin.exists(), "{} missing after build", bin.display());
+    bin
 }
 
 /// `GET path` over plain HTTP/1.1 (an admin listener's `/metrics`, `/healthz`): the status code

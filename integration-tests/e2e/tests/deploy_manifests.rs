@@ -1,6 +1,6 @@
 //! The install manifests in `deploy/` parse as Kubernetes objects and grant least privilege: no
 //! wildcard verbs, resources or groups, no access to secrets, and no token for components that do
-//! not talk to Kubernetes.
+//! not talk to Kubernetes. What the grants allow, asked of an API server, is `tests/rbac.rs`.
 
 use autocrane_test_support::workspace_root;
 
@@ -90,9 +90,13 @@ fn components_run_hardened_with_probes_and_limits() {
         let account = pod["serviceAccountName"].as_str().unwrap();
         assert_eq!(account, name, "{name} runs under its own ServiceAccount");
         for container in pod["containers"].as_array().unwrap() {
+            // Servers are ready when their gRPC health says so; the controller serves no gRPC
+            // API, so its admin listener's /healthz.
+            let probe = &container["readinessProbe"];
             assert!(
-                container["readinessProbe"]["grpc"]["port"].is_number(),
-                "{name}"
+                probe["grpc"]["port"].is_number()
+                    || (name == "autocrane-controller" && probe["httpGet"]["path"] == "/healthz"),
+                "{name} has no readiness probe"
             );
             assert!(
                 container["resources"]["limits"]["memory"].is_string(),
@@ -109,94 +113,6 @@ fn components_run_hardened_with_probes_and_limits() {
             );
         }
     }
-}
-
-/// Applies `deploy/rbac.yaml` to kube-sim with kubectl (auth on) and asks `kubectl auth can-i` as
-/// each component's ServiceAccount: each may do its job and nothing more.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rbac_applies_and_grants_each_component_only_its_job() {
-    use autocrane_test_support::{run, system_tool};
-    use std::process::Command;
-
-    let sim = kube_sim::KubeSim::builder()
-        .auth(true)
-        .start()
-        .await
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    sim.write_kubeconfig(&kubeconfig).unwrap();
-    let kubectl = |args: &[&str]| {
-        run(Command::new(system_tool("kubectl"))
-            .args(args)
-            .env("KUBECONFIG", &kubeconfig)
-            .env("KUBECACHEDIR", dir.path().join("cache")))
-    };
-    let root = workspace_root();
-    for file in ["deploy/crds/autocranedeployment.yaml", "deploy/rbac.yaml"] {
-        let (ok, out, err) = kubectl(&["apply", "-f", root.join(file).to_str().unwrap()]);
-        assert!(ok, "applying {file}: {out}{err}");
-    }
-    let can = |account: &str, verb: &str, resource: &str, namespace: &str| {
-        let user = format!("system:serviceaccount:autocrane-system:{account}");
-        let (_, out, _) = kubectl(&[
-            "auth", "can-i", verb, resource, "-n", namespace, "--as", &user,
-        ]);
-        out.trim() == "yes"
-    };
-    let listener = "autocrane-watchdog-listener";
-    assert!(can(listener, "patch", "pods", "shop"));
-    assert!(can(
-        listener,
-        "create",
-        "tokenreviews.authentication.k8s.io",
-        "shop"
-    ));
-    assert!(!can(listener, "delete", "pods", "shop"));
-    assert!(!can(listener, "get", "secrets", "shop"));
-    let can_status = |account: &str, verb: &str| {
-        let user = format!("system:serviceaccount:autocrane-system:{account}");
-        let (_, out, _) = kubectl(&[
-            "auth",
-            "can-i",
-            verb,
-            "pods",
-            "--subresource",
-            "status",
-            "-n",
-            "shop",
-            "--as",
-            &user,
-        ]);
-        out.trim() == "yes"
-    };
-    assert!(
-        can_status(listener, "patch"),
-        "the readiness condition autocrane.io/healthy"
-    );
-    assert!(!can_status(listener, "update"));
-    let controller = "autocrane-controller";
-    assert!(can(controller, "create", "pods", "shop"));
-    assert!(can(
-        controller,
-        "patch",
-        "autocranedeployments.autocrane.io/status",
-        "shop"
-    ));
-    assert!(!can(controller, "get", "secrets", "shop"));
-    assert!(!can(
-        controller,
-        "create",
-        "leases.coordination.k8s.io",
-        "shop"
-    ));
-    assert!(can(
-        controller,
-        "create",
-        "leases.coordination.k8s.io",
-        "autocrane-system"
-    ));
-    assert!(!can("autocrane-version-watcher", "get", "pods", "shop"));
 }
 
 #[test]

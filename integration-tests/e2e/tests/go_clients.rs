@@ -1,9 +1,10 @@
 //! Clients generated in Go from `proto/` (protoc-gen-go and protoc-gen-go-grpc from the Go module
 //! proxy, driven by `buf generate`; module `integration-tests/goclient`) call the three services as
-//! real `autocrane` processes: a post to a WatchdogListener (against kube-sim, holding the pod), a
-//! stream from a VersionWatcher (the first message of WatchVersions on a directory source) and a
-//! fetch from a DataRepository following that VersionWatcher. The Go test reads the addresses from
-//! the environment and fails when one is missing; this test asserts it passed.
+//! real `autocrane` processes: a post to a WatchdogListener (against the cluster of
+//! `AUTOCRANE_TEST_CLUSTER`, holding the pod), a stream from a VersionWatcher (the first message
+//! of WatchVersions on a directory source) and a fetch from a DataRepository following that
+//! VersionWatcher. The Go test reads the addresses from the environment and fails when one is
+//! missing; this test asserts it passed.
 
 mod common;
 
@@ -31,8 +32,9 @@ async fn go_clients_generated_from_proto_call_the_three_services() {
     // Built before anything starts, so the servers' start-up is not raced by cargo.
     autocrane_bin();
 
-    // WatchdogListener, against kube-sim holding the pod the Go client posts to.
-    let (_sim, dir, kubeconfig) = common::kube_sim_with_pod("web-0").await;
+    // WatchdogListener, against a cluster holding the pod the Go client posts to.
+    let cluster = common::cluster_with_pod("web-0").await;
+    let dir = tempfile::tempdir().unwrap();
     let mut command = Command::new(autocrane_bin());
     command
         .args([
@@ -43,8 +45,8 @@ async fn go_clients_generated_from_proto_call_the_three_services() {
             "off",
             "--insecure-allow-anonymous",
         ])
-        .env("KUBECONFIG", &kubeconfig);
-    let (_listener, listener_address) = tokio::task::spawn_blocking(move || {
+        .env("KUBECONFIG", cluster.kubeconfig());
+    let (listener, listener_address) = tokio::task::spawn_blocking(move || {
         let listener = Running::spawn(command);
         let address = listener.grpc_address();
         (listener, address)
@@ -104,4 +106,6 @@ async fn go_clients_generated_from_proto_call_the_three_services() {
             "{name} did not pass:\n{out}\n{err}"
         );
     }
+    drop(listener);
+    cluster.stop().await;
 }

@@ -1,4 +1,5 @@
-//! The real `autocrane watchdog-listener` against kube-sim exports its write path on `/metrics`:
+//! The real `autocrane watchdog-listener` against the cluster of `AUTOCRANE_TEST_CLUSTER` exports
+//! its write path on `/metrics`:
 //! after two posts through the `autocrane watchdog` CLI, the operation and patch counters say so.
 
 mod common;
@@ -15,7 +16,7 @@ fn sample(text: &str, name: &str) -> Option<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_listener_exports_write_path_counters() {
-    let (_sim, _dir, kubeconfig) = common::kube_sim_with_pod("web-0").await;
+    let cluster = common::cluster_with_pod("web-0").await;
 
     let mut command = Command::new(autocrane_bin());
     command
@@ -27,14 +28,14 @@ async fn the_listener_exports_write_path_counters() {
             "127.0.0.1:0",
             "--insecure-allow-anonymous",
         ])
-        .env("KUBECONFIG", &kubeconfig);
+        .env("KUBECONFIG", cluster.kubeconfig());
     let listener = tokio::task::spawn_blocking(move || {
         let listener = Running::spawn(command);
         let admin = listener.admin_address();
         let grpc = listener.grpc_address();
         (listener, admin, grpc)
     });
-    let (_listener, admin, grpc) = listener.await.unwrap();
+    let (listener, admin, grpc) = listener.await.unwrap();
 
     let post = |level: &'static str| {
         let server = format!("http://{grpc}");
@@ -82,4 +83,6 @@ async fn the_listener_exports_write_path_counters() {
         text.contains("# HELP watchdog_listener_writes_conflicts"),
         "{text}"
     );
+    drop(listener);
+    cluster.stop().await;
 }

@@ -89,12 +89,44 @@ pub fn check_with(
         for e in errs.as_slice() {
             out.causes.push(Cause {
                 reason: "FieldValueInvalid",
-                message: format!("Invalid value: \"object\": {}", e.message),
+                message: cel_message(obj, &e.field_path, &e.message),
                 field: e.field_path.clone(),
             });
         }
     }
     out
+}
+
+/// A failed CEL rule's message as kube-apiserver v1.37 words it: the value when the rule sits on a
+/// scalar (`Invalid value: "bad": msg`), none when it sits on an object or a list (`Invalid value:
+/// msg`).
+fn cel_message(obj: &Value, path: &str, message: &str) -> String {
+    match value_at(obj, path) {
+        Some(v @ (Value::String(_) | Value::Number(_) | Value::Bool(_))) => {
+            format!("Invalid value: {}: {message}", show(v))
+        }
+        _ => format!("Invalid value: {message}"),
+    }
+}
+
+/// The value at a field path such as `spec.rollout.steps[0].percent`.
+fn value_at<'a>(obj: &'a Value, path: &str) -> Option<&'a Value> {
+    let mut v = obj;
+    for part in path.split('.').filter(|p| !p.is_empty()) {
+        let mut pieces = part.split('[');
+        let name = pieces.next().unwrap_or_default();
+        if !name.is_empty() {
+            v = v.get(name)?;
+        }
+        for index in pieces {
+            let index = index.strip_suffix(']')?;
+            v = match index.parse::<usize>() {
+                Ok(i) => v.get(i)?,
+                Err(_) => v.get(index.trim_matches('"'))?,
+            };
+        }
+    }
+    Some(v)
 }
 
 /// The schema without `metadata` (and without `status` on the main resource), for CEL.
@@ -404,10 +436,44 @@ mod tests {
         let mut o = json!({"spec": {"replicas": 7, "image": "x", "mode": "a"}});
         let out = check(&schema(), &mut o, None, true);
         assert_eq!(out.causes.len(), 1, "{:?}", out.causes);
-        assert!(
-            out.causes[0].line().contains("many replicas need mode b"),
+        // A rule on an object names no value (kube-apiserver v1.37, not `"object"`).
+        assert_eq!(
+            out.causes[0].line(),
+            "spec: Invalid value: many replicas need mode b",
             "{:?}",
             out.causes
         );
+    }
+
+    #[test]
+    fn a_cel_rule_on_a_scalar_names_its_value_and_on_a_list_none() {
+        let schema = json!({"type": "object", "properties": {"spec": {"type": "object", "properties": {
+            "mode": {"type": "string", "x-kubernetes-validations": [{"rule": "self != 'bad'", "message": "mode is bad"}]},
+            "size": {"type": "integer", "x-kubernetes-validations": [{"rule": "self != 3"}]},
+            "steps": {"type": "array", "items": {"type": "integer"},
+                      "x-kubernetes-validations": [{"rule": "self[size(self) - 1] == 100", "message": "the last step must be 100"}]},
+        }}}});
+        let mut o = json!({"spec": {"mode": "bad", "size": 3, "steps": [1, 2]}});
+        let mut lines: Vec<String> = check(&schema, &mut o, None, true)
+            .causes
+            .iter()
+            .map(Cause::line)
+            .collect();
+        lines.sort();
+        assert_eq!(
+            lines,
+            [
+                "spec.mode: Invalid value: \"bad\": mode is bad",
+                "spec.size: Invalid value: 3: failed rule: self != 3",
+                "spec.steps: Invalid value: the last step must be 100",
+            ]
+        );
+    }
+
+    #[test]
+    fn field_paths_reach_list_items() {
+        let o = json!({"spec": {"steps": [{"percent": 34}, {"percent": 90}]}});
+        assert_eq!(value_at(&o, "spec.steps[1].percent"), Some(&json!(90)));
+        assert_eq!(value_at(&o, "spec.steps[2]"), None);
     }
 }

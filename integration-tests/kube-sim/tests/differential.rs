@@ -12,16 +12,16 @@
 //! AUTOCRANE_TEST_CLUSTER=real cargo test -p kube-sim --test differential -- --ignored --nocapture
 //! ```
 //!
-//! The launcher runs under `setpriv --pdeathsig KILL --` from the test's own thread (the
-//! workspace forbids `unsafe`, so no `pre_exec`), so a killed test run takes the control plane
+//! The real cluster is the workspace harness's [`TestCluster`] on the `real` backend, with node
+//! credentials but no node agent (the cases play the node); its launcher runs under `setpriv
+//! --pdeathsig KILL --` from the test's own thread, so a killed test run takes the control plane
 //! with it.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use autocrane_test_support::{Running, workspace_root};
+use autocrane_test_support::{ClusterOptions, TestCluster, cluster, workspace_root};
 use http_body_util::BodyExt;
 use kube::Client;
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -29,7 +29,6 @@ use serde_json::{Value, json};
 
 const NODE: &str = "diff-node";
 const NS: &str = "diff";
-const START: Duration = Duration::from_secs(240);
 /// The agreement the issue asks for.
 const GOAL: f64 = 95.0;
 
@@ -274,17 +273,6 @@ async fn kubeconfig_client(path: &Path, auth: Option<Value>) -> Client {
     }
     config.read_timeout = None;
     Client::try_from(config).expect("client")
-}
-
-fn cluster_binary() -> PathBuf {
-    let path = workspace_root().join(".cache/cluster/cluster");
-    assert!(
-        path.is_file(),
-        "AUTOCRANE_TEST_CLUSTER=real but the control plane binary {} is missing: build it with \
-         scripts/install-test-tools.sh (block \"upstream Kubernetes control plane\")",
-        path.display()
-    );
-    path
 }
 
 fn crd() -> Value {
@@ -720,6 +708,28 @@ fn cases() -> Vec<Case> {
         step(Admin, "POST", ACD).body(acd(
             "bad4",
             json!({"replicas": 1, "template": {}, "version": {"pinned": "a", "source": "b"}}),
+        )),
+        &["/message", "/details/causes"],
+    ));
+    // CEL rules that run (no type error blocks them): the value is named for a scalar, not for
+    // an object or a list.
+    c.push(case(
+        "CRD: CEL rule on an object: 422",
+        vec![],
+        step(Admin, "POST", ACD).body(acd(
+            "bad6",
+            json!({"replicas": 1, "template": {},
+                   "version": {"pinned": "a", "source": {"directory": {"path": "/srv"}}}}),
+        )),
+        &["/message", "/details/causes"],
+    ));
+    c.push(case(
+        "CRD: CEL rule on a list: 422",
+        vec![],
+        step(Admin, "POST", ACD).body(acd(
+            "bad7",
+            json!({"replicas": 1, "template": {}, "version": {"pinned": "a"},
+                   "rollout": {"steps": [{"percent": 50}]}}),
         )),
         &["/message", "/details/causes"],
     ));
@@ -1262,32 +1272,16 @@ async fn run_case(b: &mut Backend, c: &Case) -> Outcome {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "real control plane only: AUTOCRANE_TEST_CLUSTER=real cargo test -p kube-sim --test differential -- --ignored --nocapture"]
 async fn real_control_plane_only_kube_sim_answers_like_the_real_api_server() {
-    let backend = std::env::var("AUTOCRANE_TEST_CLUSTER").unwrap_or_default();
-    assert_eq!(
-        backend, "real",
-        "this test compares kube-sim with the real control plane: run it with \
-         AUTOCRANE_TEST_CLUSTER=real (under the default `sim` backend it is ignored, not passed)"
-    );
-    let cluster = cluster_binary();
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let dir = tmp.path().join("cluster");
-    let admin_kc = tmp.path().join("admin.kubeconfig");
-    let mut up = Command::new("setpriv");
-    up.args(["--pdeathsig", "KILL", "--"])
-        .arg(&cluster)
-        .arg("up")
-        .arg("--dir")
-        .arg(&dir)
-        .arg("--kubeconfig")
-        .arg(&admin_kc)
-        .args(["--node-name", NODE]);
-    let mut launcher = Running::builder(up)
-        .log_to(tmp.path().join("cluster-up.log"))
-        .start();
-    let ready = tokio::task::block_in_place(|| launcher.wait_for_line("READY kubeconfig=", START));
-    assert!(ready.contains("READY"), "{ready}");
-
-    let node_kc = dir.join(format!("node-{NODE}.kubeconfig"));
+    cluster::Backend::require_real("the differential suite");
+    let cluster = TestCluster::start(
+        ClusterOptions::new()
+            .backend(cluster::Backend::Real)
+            .with_node_credentials()
+            .node_name(NODE),
+    )
+    .await;
+    let admin_kc = cluster.kubeconfig().to_path_buf();
+    let node_kc = cluster.node_kubeconfig().expect("node credentials");
     let mut real = Backend {
         name: "real",
         clients: HashMap::from([
@@ -1388,13 +1382,7 @@ async fn real_control_plane_only_kube_sim_answers_like_the_real_api_server() {
         }
     }
 
-    let exit = tokio::task::block_in_place(|| launcher.terminate(Duration::from_secs(60)))
-        .expect("the launcher exits");
-    assert!(
-        exit.success(),
-        "cluster up: {exit}\n{}",
-        launcher.log_text()
-    );
+    cluster.stop().await;
     assert!(
         pct >= GOAL,
         "agreement {pct:.1}% is below the goal of {GOAL}%"

@@ -14,54 +14,31 @@
 //! (`scripts/test.sh`'s `real` pass). Run with `--ignored` but without
 //! `AUTOCRANE_TEST_CLUSTER=real`, or without the cluster binary, it **fails** with what to do.
 //!
-//! Processes: the launcher and kubelet-sim are started through `setpriv --pdeathsig KILL --`
-//! (the workspace forbids `unsafe`, which `CommandExt::pre_exec` needs), from the test's own
-//! thread — the parent-death signal follows the forking *thread*, and the test body runs on the
-//! test thread for the whole test. So a killed test run takes the launcher with it, and the
-//! launcher's components (Pdeathsig of their own) and kubelet-sim's containers (`unshare
-//! --kill-child` with Pdeathsig) follow. On success both get SIGTERM and must exit 0; on a panic
-//! `Running`'s drop SIGKILLs them.
+//! The cluster is the workspace harness's [`TestCluster`] (the one every Kubernetes-facing test
+//! takes), here on the `real` backend with this crate's own `kubelet-sim` binary: the launcher
+//! and kubelet-sim run under `setpriv --pdeathsig KILL --`, started from the test's own thread,
+//! so a killed test run takes them with it, and kubelet-sim's containers (`unshare --kill-child`
+//! with Pdeathsig) follow. On success both get SIGTERM and must exit 0
+//! ([`TestCluster::stop`]); on a panic the harness SIGKILLs them.
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use autocrane_test_support::{Running, eventually, workspace_root};
+use autocrane_test_support::cluster::cluster_binary;
+use autocrane_test_support::{Backend, ClusterOptions, TestCluster, eventually};
 use common::{condition, phase, pids_with, require_tools, wait_no_pids, wait_pids};
 use k8s_openapi::api::authentication::v1::TokenReview;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Api, Client};
 use serde_json::json;
 
 const NODE: &str = "kubelet-sim-real";
-/// Generous: the 2-core machine is shared with builds (the launcher's own default is 3 min).
-const START: Duration = Duration::from_secs(240);
 const T: Duration = Duration::from_secs(60);
-
-/// The cluster binary, or a loud failure.
-fn cluster_binary() -> PathBuf {
-    let path = workspace_root().join(".cache/cluster/cluster");
-    assert!(
-        path.is_file(),
-        "AUTOCRANE_TEST_CLUSTER=real but the control plane binary {} is missing: build it with \
-         scripts/install-test-tools.sh (block \"upstream Kubernetes control plane\")",
-        path.display()
-    );
-    path
-}
-
-async fn client(kubeconfig: &Path) -> Client {
-    let kc = Kubeconfig::read_from(kubeconfig).expect("kubeconfig readable");
-    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-        .await
-        .expect("kubeconfig valid");
-    Client::try_from(config).expect("client")
-}
 
 fn node_condition<'a>(n: &'a Node, ty: &str) -> Option<&'a str> {
     n.status
@@ -80,12 +57,10 @@ fn api_error(e: kube::Error) -> kube::core::Status {
     }
 }
 
-/// `cluster kubectl --kubeconfig ADMIN ARGS…` (kubectl of the control plane's own version).
-fn kubectl(cluster: &Path, admin: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(cluster)
-        .arg("kubectl")
-        .arg("--kubeconfig")
-        .arg(admin)
+/// `cluster kubectl ARGS…` as the admin (kubectl of the control plane's own version), blocking;
+/// `kubectl` is [`TestCluster::kubectl_command`].
+fn kubectl(mut kubectl: Command, args: &[&str]) -> (bool, String, String) {
+    let out = kubectl
         .args(args)
         .output()
         .expect("running cluster kubectl");
@@ -119,67 +94,27 @@ fn audit(dir: &Path) -> Vec<(String, String, String, String, String, u16)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "real control plane only: AUTOCRANE_TEST_CLUSTER=real cargo test -p kubelet-sim --test real_cluster -- --ignored"]
 async fn real_control_plane_only_kubelet_sim_joins_as_a_node_runs_scheduled_pods_and_serves_logs() {
-    let backend = std::env::var("AUTOCRANE_TEST_CLUSTER").unwrap_or_default();
-    assert_eq!(
-        backend, "real",
-        "this test needs the real control plane: run it with AUTOCRANE_TEST_CLUSTER=real \
-         (under the default `sim` backend it is ignored, not passed)"
-    );
+    Backend::require_real("this test");
     require_tools();
-    let cluster = cluster_binary();
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let dir = tmp.path().join("cluster");
-    let admin_kc = tmp.path().join("admin.kubeconfig");
-    let node_kc = dir.join(format!("node-{NODE}.kubeconfig"));
+    let cluster_bin = cluster_binary();
 
-    // --- the control plane, waiting for our node to be Ready and untainted ---------------------
+    // --- the control plane and kubelet-sim (node identity, kubelet API), READY once the node is
+    // Ready and untainted ------------------------------------------------------------------------
     let t0 = Instant::now();
-    let mut up = Command::new("setpriv");
-    up.args(["--pdeathsig", "KILL", "--"])
-        .arg(&cluster)
-        .arg("up")
-        .arg("--dir")
-        .arg(&dir)
-        .arg("--kubeconfig")
-        .arg(&admin_kc)
-        .args(["--wait-node", NODE]);
-    let mut launcher = Running::builder(up)
-        .log_to(tmp.path().join("cluster-up.log"))
-        .start();
-    eventually(
-        START,
-        "the node's kubeconfig (API server ready)",
-        || async { node_kc.is_file() },
+    let cluster = TestCluster::start(
+        ClusterOptions::new()
+            .backend(Backend::Real)
+            .with_kubelet()
+            .node_name(NODE)
+            .pod_network(171)
+            .kubelet_bin(env!("CARGO_BIN_EXE_kubelet-sim")),
     )
     .await;
-    let api_ready = t0.elapsed();
-
-    // --- kubelet-sim with the node identity and the kubelet API --------------------------------
-    let marker = format!("marker-real-{}", std::process::id());
-    let mut sim = Command::new("setpriv");
-    sim.args(["--pdeathsig", "KILL", "--"])
-        .arg(env!("CARGO_BIN_EXE_kubelet-sim"))
-        .arg("--kubeconfig")
-        .arg(&node_kc)
-        .args(["--node-name", NODE, "--pod-network", "171", "--port", "0"])
-        .arg("--state-dir")
-        .arg(tmp.path().join("kubelet"))
-        .arg("--tls-cert-file")
-        .arg(dir.join("kubelet-serving.crt"))
-        .arg("--tls-private-key-file")
-        .arg(dir.join("kubelet-serving.key"))
-        .arg("--client-ca-file")
-        .arg(dir.join("ca.crt"))
-        .env("RUST_LOG", "info");
-    let mut kubelet = Running::builder(sim)
-        .log_to(tmp.path().join("kubelet-sim.log"))
-        .start();
-
-    let ready_line = launcher.wait_for_line("READY kubeconfig=", START);
     let cluster_ready = t0.elapsed();
-    assert!(ready_line.contains(&admin_kc.display().to_string()));
-    let admin = client(&admin_kc).await;
-    let node_client = client(&node_kc).await;
+    let dir = cluster.cluster_dir().expect("real").to_path_buf();
+    let marker = format!("marker-real-{}", std::process::id());
+    let admin = cluster.client();
+    let node_client = cluster.node_client().await;
 
     // The Node, as the controller-manager sees it: Ready, untainted, as registered.
     let nodes: Api<Node> = Api::all(admin.clone());
@@ -245,7 +180,7 @@ async fn real_control_plane_only_kubelet_sim_joins_as_a_node_runs_scheduled_pods
                 "command": ["sh", "-c", format!(
                     ": {marker}; echo started; {} kubectl auth whoami -o jsonpath='{{.status.userInfo.username}}'; echo; \
                      trap 'echo stopping; exit 0' TERM; while true; do sleep 1; done",
-                    cluster.display()
+                    cluster_bin.display()
                 )],
                 "readinessProbe": {"exec": {"command": ["true"]}, "periodSeconds": 1},
             }],
@@ -285,9 +220,10 @@ async fn real_control_plane_only_kubelet_sim_joins_as_a_node_runs_scheduled_pods
     wait_pids(&marker, 1, T).await;
 
     // --- its projected token, issued by the real API server, authenticates ---------------------
-    let pod_dir = tmp
-        .path()
-        .join("kubelet/pods")
+    let pod_dir = cluster
+        .kubelet_state_dir()
+        .expect("a kubelet")
+        .join("pods")
         .join(format!("default_scheduled_{pod_uid}"));
     let sa_volume = std::fs::read_dir(pod_dir.join("volumes"))
         .expect("pod volumes")
@@ -331,29 +267,37 @@ async fn real_control_plane_only_kubelet_sim_joins_as_a_node_runs_scheduled_pods
 
     // --- kubectl logs through the API server's proxy to the kubelet API ------------------------
     let logs = eventually(T, "kubectl logs with the in-pod whoami", || async {
-        let (ok, out, err) = kubectl(&cluster, &admin_kc, &["logs", "scheduled"]);
+        let (ok, out, err) = kubectl(cluster.kubectl_command(), &["logs", "scheduled"]);
         assert!(ok || err.contains("waiting") || out.is_empty(), "{err}");
         Some(out).filter(|o| o.contains("system:serviceaccount:default:default"))
     })
     .await;
     assert!(logs.starts_with("started\n"), "{logs}");
-    let (ok, tail, err) = kubectl(&cluster, &admin_kc, &["logs", "scheduled", "--tail", "1"]);
+    let (ok, tail, err) = kubectl(
+        cluster.kubectl_command(),
+        &["logs", "scheduled", "--tail", "1"],
+    );
     assert!(ok, "{err}");
     assert_eq!(tail, "system:serviceaccount:default:default\n");
     let (ok, limited, err) = kubectl(
-        &cluster,
-        &admin_kc,
+        cluster.kubectl_command(),
         &["logs", "scheduled", "--limit-bytes", "4"],
     );
     assert!(ok, "{err}");
     assert_eq!(limited, "star");
-    let (ok, stamped, err) = kubectl(&cluster, &admin_kc, &["logs", "scheduled", "--timestamps"]);
+    let (ok, stamped, err) = kubectl(
+        cluster.kubectl_command(),
+        &["logs", "scheduled", "--timestamps"],
+    );
     assert!(ok, "{err}");
     let first = stamped.lines().next().unwrap_or_default();
     let (stamp, rest) = first.split_once(' ').expect("timestamp, space, line");
     assert!(stamp.parse::<jiff::Timestamp>().is_ok(), "{first}");
     assert_eq!(rest, "started");
-    let (ok, _, err) = kubectl(&cluster, &admin_kc, &["logs", "scheduled", "--previous"]);
+    let (ok, _, err) = kubectl(
+        cluster.kubectl_command(),
+        &["logs", "scheduled", "--previous"],
+    );
     assert!(!ok);
     assert!(
         err.contains("previous terminated container \"main\" in pod \"scheduled\" not found"),
@@ -441,8 +385,8 @@ async fn real_control_plane_only_kubelet_sim_joins_as_a_node_runs_scheduled_pods
     // --- deletion: SIGTERM, the kubelet finishes it (grace 0, UID precondition) ----------------
     // `kubectl logs -f` follows the container to its end (the kubelet API's `follow`).
     let follow = {
-        let (cluster, admin_kc) = (cluster.clone(), admin_kc.clone());
-        std::thread::spawn(move || kubectl(&cluster, &admin_kc, &["logs", "-f", "scheduled"]))
+        let command = cluster.kubectl_command();
+        std::thread::spawn(move || kubectl(command, &["logs", "-f", "scheduled"]))
     };
     eventually(T, "kubectl logs -f to be streaming", || async {
         std::fs::read_to_string(dir.join("audit.log"))
@@ -529,9 +473,8 @@ async fn real_control_plane_only_kubelet_sim_joins_as_a_node_runs_scheduled_pods
     .await;
 
     eprintln!(
-        "TIMES: API server ready {:.1} s; cluster READY (node Ready, untainted) {:.1} s; \
+        "TIMES: cluster READY (node Ready, untainted) {:.1} s; \
          pod created → scheduled {:.2} s; scheduled → Running+Ready {:.2} s; delete → gone {:.2} s",
-        api_ready.as_secs_f64(),
         cluster_ready.as_secs_f64(),
         scheduled_after.as_secs_f64(),
         running_after.as_secs_f64(),
@@ -539,17 +482,6 @@ async fn real_control_plane_only_kubelet_sim_joins_as_a_node_runs_scheduled_pods
     );
 
     // --- stop: kubelet-sim, then the control plane, both cleanly ------------------------------
-    let exit = tokio::task::block_in_place(|| kubelet.terminate(T)).expect("kubelet-sim exits");
-    assert!(
-        exit.success(),
-        "kubelet-sim: {exit}\n{}",
-        kubelet.log_text()
-    );
-    let exit = tokio::task::block_in_place(|| launcher.terminate(T)).expect("the launcher exits");
-    assert!(
-        exit.success(),
-        "cluster up: {exit}\n{}",
-        launcher.log_text()
-    );
+    cluster.stop().await;
     assert!(pids_with(&marker).is_empty());
 }

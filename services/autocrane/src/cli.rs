@@ -47,6 +47,8 @@ enum Command {
     /// Run the AutoCrane controller (reconcile AutoCraneDeployments: rollouts, rollbacks,
     /// restarts, data).
     Controller(autocrane_reconciler::Args),
+    /// Run the test workload: an HTTP app posting its health as watchdog `app` (for trying AutoCrane).
+    Testworkload(autocrane_testworkload::Args),
     /// Print the AutoCraneDeployment CustomResourceDefinition as YAML.
     Crd,
     /// Print the install manifests (CRD, RBAC, components) as one YAML stream for kubectl apply.
@@ -117,6 +119,7 @@ impl Command {
             Command::DataRepository(_) => "data-repository",
             Command::DataDeployer(_) => "data-deployer",
             Command::Controller(_) => "controller",
+            Command::Testworkload(_) => "testworkload",
             Command::Crd => "crd",
             Command::Yaml(_) => "yaml",
         }
@@ -140,6 +143,7 @@ impl Command {
             }
             Command::DataDeployer(args) => autocrane_data_deployer::run(args, process()).await?,
             Command::Controller(args) => autocrane_reconciler::run(args, process()).await?,
+            Command::Testworkload(args) => autocrane_testworkload::run(args, process()).await?,
             Command::Crd => print!("{}", crate::install::crd_yaml()),
             Command::Yaml(args) => print!("{}", crate::install::manifests(&args)),
         }

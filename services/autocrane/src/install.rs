@@ -27,12 +27,48 @@ pub(crate) fn crd_yaml() -> String {
     text
 }
 
+const TEST_WORKLOAD: &str = include_str!("../../../deploy/testworkload.yaml");
+
 /// Flags of `autocrane yaml`.
 #[derive(clap::Args, Clone, Debug)]
 pub(crate) struct YamlArgs {
     /// The container image of the AutoCrane components.
     #[arg(long, env = "AUTOCRANE_IMAGE", default_value = DEFAULT_IMAGE, value_parser = parse_image)]
     pub image: String,
+
+    /// Also print an AutoCraneDeployment of the test workload (`autocrane testworkload`, three
+    /// pods in namespace autocrane-testworkload, version = the image's tag).
+    #[arg(long, env = "AUTOCRANE_TEST_WORKLOAD")]
+    pub test_workload: bool,
+
+    /// The original tool's `key=value` options; `use_testworkload=1` is `--test-workload`.
+    #[arg(value_name = "KEY=VALUE", value_parser = parse_legacy_option, hide = true)]
+    pub legacy: Vec<bool>,
+}
+
+/// The original's `yaml use_testworkload=1` (`AUTOCRANE_ARGS="yaml use_testworkload=1"`) keeps
+/// working; any other option is a usage error naming it.
+fn parse_legacy_option(text: &str) -> Result<bool, String> {
+    match text.split_once('=') {
+        Some(("use_testworkload", value)) => match value {
+            "1" | "true" => Ok(true),
+            "0" | "false" => Ok(false),
+            _ => Err(format!("use_testworkload takes 1 or 0, not {value:?}")),
+        },
+        _ => Err(format!(
+            "{text:?} is not an option of `autocrane yaml` (the only key=value option kept from the original tool is use_testworkload=1; see --help)"
+        )),
+    }
+}
+
+/// The tag of an image reference (`latest` when it has none or is pinned by digest only).
+fn image_tag(image: &str) -> &str {
+    let name = image.split('@').next().unwrap_or(image);
+    let last = name.rsplit('/').next().unwrap_or(name);
+    match last.split_once(':') {
+        Some((_, tag)) if !tag.is_empty() => tag,
+        _ => "latest",
+    }
 }
 
 fn parse_image(text: &str) -> Result<String, String> {
@@ -51,12 +87,26 @@ fn parse_image(text: &str) -> Result<String, String> {
 
 /// The manifests, in apply order, with `image` for the components.
 pub(crate) fn manifests(args: &YamlArgs) -> String {
-    let YamlArgs { image } = args;
-    let components = COMPONENTS.replace(
-        &format!("image: {DEFAULT_IMAGE}"),
-        &format!("image: {image}"),
-    );
-    [CRD, RBAC, &components]
+    let YamlArgs {
+        image,
+        test_workload,
+        legacy,
+    } = args;
+    let with_image = |text: &str| {
+        text.replace(
+            &format!("image: {DEFAULT_IMAGE}"),
+            &format!("image: {image}"),
+        )
+    };
+    let components = with_image(COMPONENTS);
+    let mut parts = vec![CRD.to_string(), RBAC.to_string(), components];
+    if *test_workload || legacy.iter().any(|on| *on) {
+        parts.push(
+            with_image(TEST_WORKLOAD)
+                .replace("pinned: latest", &format!("pinned: {:?}", image_tag(image))),
+        );
+    }
+    parts
         .iter()
         .map(|text| text.trim_end())
         .collect::<Vec<_>>()
@@ -70,9 +120,7 @@ mod tests {
 
     #[test]
     fn the_image_is_replaced_everywhere() {
-        let text = manifests(&YamlArgs {
-            image: "registry.example/autocrane:1.2.3".into(),
-        });
+        let text = manifests(&args("registry.example/autocrane:1.2.3", false));
         assert!(!text.contains(DEFAULT_IMAGE));
         assert_eq!(
             text.matches("image: registry.example/autocrane:1.2.3")
@@ -83,6 +131,97 @@ mod tests {
         );
         assert!(text.contains("kind: CustomResourceDefinition"));
         assert!(text.contains("kind: ClusterRole"));
+    }
+
+    fn args(image: &str, test_workload: bool) -> YamlArgs {
+        YamlArgs {
+            image: image.into(),
+            test_workload,
+            legacy: Vec::new(),
+        }
+    }
+
+    fn documents(text: &str) -> Vec<serde_json::Value> {
+        text.split("\n---")
+            .map(|doc| serde_saphyr::from_str::<serde_json::Value>(doc).unwrap())
+            .filter(|doc| !doc.is_null())
+            .collect()
+    }
+
+    #[test]
+    fn the_controller_runs_two_replicas_of_the_image_with_its_services() {
+        let docs = documents(&manifests(&args("reg/autocrane:2.0.0", false)));
+        let controller = docs
+            .iter()
+            .find(|d| d["kind"] == "Deployment" && d["metadata"]["name"] == "autocrane-controller")
+            .expect("the controller's Deployment");
+        assert_eq!(controller["spec"]["replicas"], 2);
+        let pod = &controller["spec"]["template"]["spec"];
+        assert_eq!(pod["serviceAccountName"], "autocrane-controller");
+        let container = &pod["containers"][0];
+        assert_eq!(container["image"], "reg/autocrane:2.0.0");
+        assert_eq!(container["args"][0], "controller");
+        let env = container["env"].as_array().unwrap();
+        for name in [
+            "POD_NAME",
+            "POD_NAMESPACE",
+            "AUTOCRANE_VERSION_WATCHER",
+            "AUTOCRANE_DATA_REPOSITORY",
+            "AUTOCRANE_WATCHDOG_LISTENER",
+        ] {
+            assert!(env.iter().any(|e| e["name"] == name), "{name} missing");
+        }
+        // Every URL names a Service the manifests create.
+        for e in env {
+            if let Some(url) = e["value"].as_str().and_then(|v| v.strip_prefix("http://")) {
+                let service = url.split('.').next().unwrap();
+                assert!(
+                    docs.iter()
+                        .any(|d| d["kind"] == "Service" && d["metadata"]["name"] == service),
+                    "{url}: no Service {service}"
+                );
+            }
+        }
+        assert!(!docs.iter().any(|d| d["kind"] == "AutoCraneDeployment"));
+    }
+
+    #[test]
+    fn the_test_workload_follows_the_image_and_its_tag() {
+        for legacy in [false, true] {
+            let mut yaml_args = args("reg.example:5000/autocrane:1.4.2", !legacy);
+            if legacy {
+                yaml_args.legacy = vec![parse_legacy_option("use_testworkload=1").unwrap()];
+            }
+            let docs = documents(&manifests(&yaml_args));
+            let workload = docs
+                .iter()
+                .find(|d| d["kind"] == "AutoCraneDeployment")
+                .expect("the test workload");
+            assert_eq!(workload["spec"]["version"]["pinned"], "1.4.2");
+            let container = &workload["spec"]["template"]["spec"]["containers"][0];
+            assert_eq!(container["image"], "reg.example:5000/autocrane:1.4.2");
+            assert_eq!(container["args"][0], "testworkload");
+            let parsed: autocrane_api::crd::AutoCraneDeploymentSpec =
+                serde_json::from_value(workload["spec"].clone()).expect("a valid spec");
+            assert_eq!(parsed.replicas, 3);
+        }
+    }
+
+    #[test]
+    fn legacy_options_are_checked() {
+        assert_eq!(parse_legacy_option("use_testworkload=0"), Ok(false));
+        assert!(parse_legacy_option("use_testworkload=yes").is_err());
+        let unknown = parse_legacy_option("watchdog_probe=1").unwrap_err();
+        assert!(unknown.contains("watchdog_probe=1"), "{unknown}");
+    }
+
+    #[test]
+    fn image_tags() {
+        assert_eq!(image_tag("autocrane"), "latest");
+        assert_eq!(image_tag("reg:5000/autocrane"), "latest");
+        assert_eq!(image_tag("reg:5000/autocrane:1.2"), "1.2");
+        assert_eq!(image_tag("autocrane:1.2@sha256:ab"), "1.2");
+        assert_eq!(image_tag("autocrane@sha256:ab"), "latest");
     }
 
     #[test]

@@ -161,8 +161,12 @@ pub fn advance(
     let mut decision = SourceDecision::default();
     let bake = config.bake.as_std();
     // A stage change can enable the next one at once (a single canary that already baked is also
-    // every pod), so step until the stage holds; that keeps re-planning a no-op.
-    while let (Some(target), Some(stage)) = (status.target.clone(), status.stage) {
+    // every pod), so step until the stage holds; that keeps re-planning a no-op. No stage is
+    // entered twice in a pass, so that takes as many steps as there are stages at most.
+    for _ in 0..3 {
+        let (Some(target), Some(stage)) = (status.target.clone(), status.stage) else {
+            break;
+        };
         match stage {
             DataStage::Reverting => {
                 // Every pod is sent back to LKG in this same pass (see `start_and_assign`), so the

@@ -241,7 +241,7 @@ pub fn decide(
             .unwrap_or_else(|| format!("revision {}", pair.0))
     };
     let continuing = status.target_revision.as_deref() == Some(target.revision.as_str());
-    let (mut step, mut started) = if continuing {
+    let (first, mut started) = if continuing {
         (
             step_index(status, spec),
             status.step_started_at.as_ref().map_or(now, |t| t.0),
@@ -270,8 +270,9 @@ pub fn decide(
         (0, now)
     };
     let steps = &spec.rollout.steps;
-    loop {
-        let RolloutStep { percent, bake } = &steps[step];
+    // From the step in progress on, each step this pass completes starts the next one now.
+    let mut rest = steps.iter().enumerate().skip(first).peekable();
+    while let Some((step, RolloutStep { percent, bake })) = rest.next() {
         let wanted = step_count(*percent, replicas);
         let desired = vec![
             (target.revision.clone(), target.version.clone(), wanted),
@@ -308,32 +309,31 @@ pub fn decide(
                 events,
             };
         }
-        if step + 1 == steps.len() {
+        if let Some((_, next)) = rest.peek() {
+            started = now;
             events.push(Event::normal(
-                reason::ROLLOUT_COMPLETE,
-                format!("{} runs on all {replicas} pods", label(&target_pair)),
+                reason::ROLLOUT_STEP_ADVANCED,
+                format!(
+                    "{}: step {} of {} ({}%)",
+                    label(&target_pair),
+                    step + 2,
+                    steps.len(),
+                    next.percent
+                ),
             ));
-            return steady(target_pair, events, false);
         }
-        step += 1;
-        started = now;
-        events.push(Event::normal(
-            reason::ROLLOUT_STEP_ADVANCED,
-            format!(
-                "{}: step {} of {} ({}%)",
-                label(&target_pair),
-                step + 1,
-                steps.len(),
-                steps[step].percent
-            ),
-        ));
     }
+    events.push(Event::normal(
+        reason::ROLLOUT_COMPLETE,
+        format!("{} runs on all {replicas} pods", label(&target_pair)),
+    ));
+    steady(target_pair, events, false)
 }
 
 /// A step is done when exactly its share of pods runs the new revision, the rest the stable one,
 /// and every new pod has been available for the bake time.
 #[allow(clippy::too_many_arguments)]
-fn step_done(
+pub(crate) fn step_done(
     live: &[&PodView],
     target: &str,
     stable: &str,
@@ -386,26 +386,25 @@ pub fn converge(
     let mut available = live.iter().filter(|p| p.available()).count();
     let mut excess: Vec<(&PodView, DeleteReason)> = Vec::new();
     for (revision, pods) in &mut by_revision {
-        let keep = wanted(revision).unwrap_or(0);
-        if pods.len() > keep {
-            // Unavailable pods go first — failing ones before starting ones, so a scale-down
-            // takes a failing pod rather than the replacement of a restart — then the newest
-            // (the least proven).
-            pods.sort_by(|a, b| {
-                let failing = |p: &PodView| p.health != Health::Error;
-                a.available()
-                    .cmp(&b.available())
-                    .then(failing(a).cmp(&failing(b)))
-                    .then(b.created_at.cmp(&a.created_at))
-                    .then(b.name.cmp(&a.name))
-            });
-            let reason = if wanted(revision).is_some() {
-                DeleteReason::ScaleDown
-            } else {
-                DeleteReason::Replaced
-            };
-            excess.extend(pods[..pods.len() - keep].iter().map(|p| (*p, reason)));
-        }
+        let keep = wanted(revision);
+        // Unavailable pods go first — failing ones before starting ones, so a scale-down takes a
+        // failing pod rather than the replacement of a restart — then the newest (the least
+        // proven).
+        pods.sort_by(|a, b| {
+            let failing = |p: &PodView| p.health != Health::Error;
+            a.available()
+                .cmp(&b.available())
+                .then(failing(a).cmp(&failing(b)))
+                .then(b.created_at.cmp(&a.created_at))
+                .then(b.name.cmp(&a.name))
+        });
+        let reason = if keep.is_some() {
+            DeleteReason::ScaleDown
+        } else {
+            DeleteReason::Replaced
+        };
+        let extra = pods.len().saturating_sub(keep.unwrap_or(0));
+        excess.extend(pods[..extra].iter().map(|p| (*p, reason)));
     }
     // Free deletions first, across revisions, then available ones within the budget.
     excess.sort_by_key(|(p, _)| p.available());

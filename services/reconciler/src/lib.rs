@@ -58,13 +58,11 @@ pub struct Args {
     )]
     pub watchdog_audience: String,
 
-    /// Image of the injected DataDeployer (the `autocrane` image).
-    #[arg(
-        long,
-        env = "AUTOCRANE_DATA_DEPLOYER_IMAGE",
-        default_value = "autocrane:latest"
-    )]
-    pub data_deployer_image: String,
+    /// Image of the injected DataDeployer. Default: the controller's own image, read from its
+    /// pod (`POD_NAME`/`POD_NAMESPACE` from the downward API), so the deployer always matches the
+    /// controller's version; outside a pod `autocrane:latest`.
+    #[arg(long, env = "AUTOCRANE_DATA_DEPLOYER_IMAGE")]
+    pub data_deployer_image: Option<String>,
 
     /// Reconcile only the deployments (and pods) of this namespace; all namespaces when unset.
     #[arg(long, env = "AUTOCRANE_WATCH_NAMESPACE")]
@@ -259,6 +257,71 @@ fn identity(flag: Option<String>) -> String {
         })
 }
 
+/// The image injected DataDeployers get when `--data-deployer-image` is not set and the
+/// controller's own pod cannot tell.
+pub const FALLBACK_DATA_DEPLOYER_IMAGE: &str = "autocrane:latest";
+
+/// The controller's own image, read from its pod (`POD_NAME`, `POD_NAMESPACE`); the fallback, with
+/// a warning saying why, when that is impossible.
+async fn own_image(client: &kube::Client) -> String {
+    let (Ok(name), Ok(namespace)) = (std::env::var("POD_NAME"), std::env::var("POD_NAMESPACE"))
+    else {
+        tracing::info!(
+            fallback = FALLBACK_DATA_DEPLOYER_IMAGE,
+            "Not in a pod (POD_NAME/POD_NAMESPACE unset) and no --data-deployer-image"
+        );
+        return FALLBACK_DATA_DEPLOYER_IMAGE.into();
+    };
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
+        kube::Api::namespaced(client.clone(), &namespace);
+    match pods.get(&name).await {
+        Ok(pod) => controller_image(&pod).unwrap_or_else(|| {
+            tracing::warn!(
+                pod = %name,
+                fallback = FALLBACK_DATA_DEPLOYER_IMAGE,
+                "The controller's pod has no container running `controller`"
+            );
+            FALLBACK_DATA_DEPLOYER_IMAGE.into()
+        }),
+        Err(e) => {
+            tracing::warn!(
+                pod = %name,
+                error = %e,
+                fallback = FALLBACK_DATA_DEPLOYER_IMAGE,
+                "Reading the controller's own pod failed; set --data-deployer-image"
+            );
+            FALLBACK_DATA_DEPLOYER_IMAGE.into()
+        }
+    }
+}
+
+/// The image of the container that runs `autocrane controller` in `pod` (its first argument or
+/// command word after the binary is `controller`); else the only container's image.
+pub fn controller_image(pod: &k8s_openapi::api::core::v1::Pod) -> Option<String> {
+    let containers = &pod.spec.as_ref()?.containers;
+    let runs_controller = |c: &&k8s_openapi::api::core::v1::Container| {
+        let words = c
+            .command
+            .iter()
+            .flatten()
+            .skip(1)
+            .chain(c.args.iter().flatten());
+        words
+            .filter(|w| !w.starts_with('-'))
+            .take(1)
+            .any(|w| w == "controller")
+    };
+    containers
+        .iter()
+        .find(runs_controller)
+        .or(if containers.len() == 1 {
+            containers.first()
+        } else {
+            None
+        })
+        .and_then(|c| c.image.clone())
+}
+
 /// Runs the controller until the process shuts down, with the default Kubernetes client.
 pub async fn run(args: Args, process: Process) -> Result<(), Error> {
     let client = kube::Client::try_default()
@@ -299,6 +362,11 @@ pub async fn run_with(args: Args, process: Process, client: kube::Client) -> Res
         &client_tls,
         process.shutdown.clone(),
     )?;
+    let data_deployer_image = match data_deployer_image {
+        Some(image) => image,
+        None => own_image(&client).await,
+    };
+    tracing::info!(image = %data_deployer_image, "DataDeployer image");
     let injection = pod_builder::Injection {
         image: data_deployer_image,
         repository: data_repository,
@@ -355,6 +423,36 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         args: Args,
+    }
+
+    fn pod(containers: serde_json::Value) -> k8s_openapi::api::core::v1::Pod {
+        serde_json::from_value(serde_json::json!({"spec": {"containers": containers}})).unwrap()
+    }
+
+    #[test]
+    fn the_data_deployer_image_defaults_to_the_image_running_the_controller() {
+        let two = pod(serde_json::json!([
+            {"name": "proxy", "image": "envoy:1", "args": ["--config", "x"]},
+            {"name": "c", "image": "reg/autocrane:1.4.2", "args": ["controller", "--concurrency", "4"]},
+        ]));
+        assert_eq!(
+            controller_image(&two).as_deref(),
+            Some("reg/autocrane:1.4.2")
+        );
+        let by_command = pod(serde_json::json!([
+            {"name": "other", "image": "busybox"},
+            {"name": "c", "image": "autocrane@sha256:ab", "command": ["/autocrane", "controller"]},
+        ]));
+        assert_eq!(
+            controller_image(&by_command).as_deref(),
+            Some("autocrane@sha256:ab")
+        );
+        let only = pod(serde_json::json!([{"name": "c", "image": "mine:2"}]));
+        assert_eq!(controller_image(&only).as_deref(), Some("mine:2"));
+        let ambiguous = pod(serde_json::json!([
+            {"name": "a", "image": "a:1"}, {"name": "b", "image": "b:1", "args": ["data-deployer"]},
+        ]));
+        assert_eq!(controller_image(&ambiguous), None);
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! - health from the rollup label `status.autocrane.io/health` (the WatchdogListener's value);
 //! - `health_since` from the watchdog annotations' rollup (`autocrane_api::watchdog::rollup`),
 //!   which gives the *latest* moment the pod can have entered its level (an annotation records
-//!   when its watchdog was last written). [`HealthMemory`] keeps, per pod, the first moment this
+//!   when its watchdog was last written, truncated to the second, so the moment taken is the next
+//!   whole second). [`HealthMemory`] keeps, per pod, the first moment this
 //!   controller saw the current health, and the earlier of the two wins while the controller runs.
 //!   After a controller restart the memory is empty and the annotations' moment is used, which can
 //!   only make a failing-limit restart or a rollback later than due, never earlier;
@@ -103,7 +104,13 @@ pub fn pod_view(
     let rolled = rollup(annotations, now);
     // The rollup's moment only counts when it agrees with the label (a label the listener has not
     // rewritten yet, or a hand-edited annotation, would otherwise date the wrong level).
-    let reported = rolled.since.filter(|_| rolled.health == health);
+    // Annotations store whole seconds (the write time truncated), so the write happened before
+    // the next whole second: that is the latest moment the level can have started. Dating it at
+    // the truncated second would make a restart or rollback up to a second early.
+    let reported = rolled
+        .since
+        .filter(|_| rolled.health == health)
+        .map(|t| t + std::time::Duration::from_secs(1));
     let uid = meta.uid.as_deref().unwrap_or(&name);
     let health_since = memory.since(uid, health, reported, now);
 
@@ -243,7 +250,8 @@ mod tests {
             at("2026-01-01T00:01:00Z"),
         );
         assert_eq!(view.health, Health::Error);
-        assert_eq!(view.health_since, at("2026-01-01T00:00:40Z"));
+        // Written during second :40 (stored truncated): in error since :41 at the latest.
+        assert_eq!(view.health_since, at("2026-01-01T00:00:41Z"));
     }
 
     #[test]
@@ -260,9 +268,9 @@ mod tests {
             &error("2026-01-01T00:00:40Z"),
             &d,
             &mut memory,
-            at("2026-01-01T00:00:41Z"),
+            at("2026-01-01T00:00:42Z"),
         );
-        assert_eq!(first.health_since, at("2026-01-01T00:00:40Z"));
+        assert_eq!(first.health_since, at("2026-01-01T00:00:41Z"));
         // The app re-posts its error: the annotation's moment moves, the pod's does not.
         let again = pod_view(
             &error("2026-01-01T00:00:50Z"),
@@ -270,14 +278,14 @@ mod tests {
             &mut memory,
             at("2026-01-01T00:00:51Z"),
         );
-        assert_eq!(again.health_since, at("2026-01-01T00:00:40Z"));
+        assert_eq!(again.health_since, at("2026-01-01T00:00:41Z"));
         // A change of level starts again.
         let ok = pod(json!({
             "labels": {"status.autocrane.io/health": "info"},
             "annotations": {"status.autocrane.io/app": "info/2026-01-01T00:01:00Z//ok"}
         }));
-        let healed = pod_view(&ok, &d, &mut memory, at("2026-01-01T00:01:01Z"));
-        assert_eq!(healed.health_since, at("2026-01-01T00:01:00Z"));
+        let healed = pod_view(&ok, &d, &mut memory, at("2026-01-01T00:01:02Z"));
+        assert_eq!(healed.health_since, at("2026-01-01T00:01:01Z"));
         memory.retain(|uid| uid != "u-1");
         assert!(memory.is_empty());
     }

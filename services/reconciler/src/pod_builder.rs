@@ -41,6 +41,9 @@ use crate::Error;
 pub use autocrane_api::keys::HEALTHY_CONDITION;
 /// The env var telling the app which version it runs.
 pub const APP_VERSION_ENV: &str = "AUTOCRANE_APP_VERSION";
+/// The env var listing, comma-separated, the live directory of each data source in the app
+/// container (`<mountPath>/<source>/current`).
+pub const DATA_DIRS_ENV: &str = "AUTOCRANE_DATA_DIRS";
 /// Name of the injected init container.
 pub const DATA_INIT_CONTAINER: &str = "autocrane-data-init";
 /// Name of the injected sidecar.
@@ -309,6 +312,18 @@ fn inject_data_deployer(
     for path in paths {
         mounts.push(mount(DATA_VOLUME, path, true));
     }
+    // Where each source's live version is, so the app need not know the deployer's layout.
+    let dirs: Vec<String> = data
+        .iter()
+        .map(|d| format!("{}/{}/current", d.mount_path.trim_end_matches('/'), d.name))
+        .collect();
+    let env = app.env.get_or_insert_with(Vec::new);
+    env.retain(|e| e.name != DATA_DIRS_ENV);
+    env.push(EnvVar {
+        name: DATA_DIRS_ENV.into(),
+        value: Some(dirs.join(",")),
+        value_from: None,
+    });
 
     let mut args_tail = vec![
         "--repository".to_string(),
@@ -542,6 +557,12 @@ mod tests {
         assert_eq!(
             spec["containers"][0]["volumeMounts"],
             json!([{"name": "autocrane-data", "mountPath": "/etc/web", "readOnly": true}])
+        );
+        let app_env = spec["containers"][0]["env"].as_array().unwrap();
+        assert!(
+            app_env.contains(&json!({"name": "AUTOCRANE_DATA_DIRS",
+                "value": "/etc/web/config/current,/etc/web/rules/current"})),
+            "the app learns where each source's live data is: {app_env:?}"
         );
         let init = &spec["initContainers"][0];
         assert_eq!(init["name"], "autocrane-data-init");

@@ -87,13 +87,15 @@ struct Cluster {
     kubelet: kubelet_sim::KubeletHandle,
     /// `autocrane watchdog-listener` (killed on drop): keeps the pods' `autocrane.io/healthy`.
     listener: Running,
+    /// Its gRPC address.
+    listener_addr: std::net::SocketAddr,
     dir: tempfile::TempDir,
     kubeconfig: std::path::PathBuf,
 }
 
 /// The real `autocrane watchdog-listener` against the cluster of `kubeconfig`, on free ports,
 /// anonymous calls allowed (no caller posts here: it only keeps the readiness-gate condition).
-async fn watchdog_listener(kubeconfig: &Path) -> Running {
+async fn watchdog_listener(kubeconfig: &Path) -> (Running, std::net::SocketAddr) {
     let grpc = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
     let admin = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
     let mut command = Command::new(autocrane_bin());
@@ -105,7 +107,7 @@ async fn watchdog_listener(kubeconfig: &Path) -> Running {
     tokio::task::spawn_blocking(move || {
         let listener = Running::spawn(command);
         assert_eq!(listener.grpc_address(), grpc);
-        listener
+        (listener, grpc)
     })
     .await
     .unwrap()
@@ -130,11 +132,12 @@ impl Cluster {
         let crd = workspace_root().join("deploy/crds/autocranedeployment.yaml");
         kubectl(&kubeconfig, &["apply", "-f", crd.to_str().unwrap()]).await;
         kubectl(&kubeconfig, &["create", "namespace", NS]).await;
-        let listener = watchdog_listener(&kubeconfig).await;
+        let (listener, listener_addr) = watchdog_listener(&kubeconfig).await;
         Cluster {
             sim,
             kubelet,
             listener,
+            listener_addr,
             dir,
             kubeconfig,
         }
@@ -616,6 +619,365 @@ async fn a_deleted_deployment_with_the_pins_finalizer_is_released_and_gone() {
         );
     }
 
+    controller.stop().await;
+    cluster.shutdown().await;
+}
+
+/// An AutoCraneDeployment of the real test workload (`autocrane testworkload`, posting watchdog
+/// `app` every second with its pod-bound token): `error` when its version contains `bad`.
+fn testworkload_yaml(
+    name: &str,
+    version: &str,
+    replicas: u32,
+    threshold: &str,
+    listener: std::net::SocketAddr,
+) -> String {
+    let bin = autocrane_bin();
+    format!(
+        r#"apiVersion: autocrane.io/v1alpha1
+kind: AutoCraneDeployment
+metadata:
+  name: {name}
+  namespace: {NS}
+spec:
+  replicas: {replicas}
+  version:
+    pinned: "{version}"
+  rollout:
+    steps:
+      - {{percent: 34, bake: 1s}}
+      - {{percent: 100}}
+    maxSurge: 1
+    maxUnavailable: 0
+  failingLimit: {{errorThreshold: {threshold}, maxConcurrentRestarts: 1, maxRestartsPerPod: 2, window: 1h}}
+  template:
+    metadata:
+      labels: {{app: {name}}}
+    spec:
+      terminationGracePeriodSeconds: 2
+      containers:
+        - name: app
+          image: registry.local/testworkload:placeholder
+          command: ["{bin}", "testworkload"]
+          env:
+            - name: POD_IP
+              valueFrom: {{fieldRef: {{fieldPath: status.podIP}}}}
+            - name: POD_NAME
+              valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}
+            - name: POD_NAMESPACE
+              valueFrom: {{fieldRef: {{fieldPath: metadata.namespace}}}}
+            - {{name: AUTOCRANE_LISTEN, value: "$(POD_IP):0"}}
+            - {{name: AUTOCRANE_WATCHDOG_LISTENER, value: "http://{listener}"}}
+            - {{name: AUTOCRANE_TESTWORKLOAD_INTERVAL_SECS, value: "1"}}
+            - {{name: AUTOCRANE_TOKEN_FILE, value: /var/run/autocrane/token/token}}
+          volumeMounts:
+            - {{name: watchdog-token, mountPath: /var/run/autocrane/token, readOnly: true}}
+      volumes:
+        - name: watchdog-token
+          projected:
+            sources:
+              - serviceAccountToken: {{audience: autocrane-watchdog-listener, expirationSeconds: 3600, path: token}}
+"#,
+        bin = bin.display()
+    )
+}
+
+/// The pods of the namespace that are not going away, with their watchdog `app` level:
+/// (name, image, ready, level).
+async fn workload_pods(pods: &Api<Pod>) -> Vec<(String, String, bool, String)> {
+    let listed = pods.list(&ListParams::default()).await.unwrap().items;
+    listed
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .map(|p| {
+            let level = p
+                .annotations()
+                .get("status.autocrane.io/app")
+                .map(|v| {
+                    v.split(|c: char| !c.is_ascii_alphabetic())
+                        .find(|w| !w.is_empty())
+                        .unwrap_or("")
+                        .to_string()
+                })
+                .unwrap_or_default();
+            let image = p.spec.as_ref().unwrap().containers[0]
+                .image
+                .clone()
+                .unwrap_or_default();
+            let ready = p
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            (p.name_any(), image, ready, level)
+        })
+        .collect()
+}
+
+/// Scenario 3, pinned: a version whose pods post `error` (the real test workload, version
+/// `2.0-bad`) is rolled back within the error threshold plus a little, marked bad in the status
+/// and never retried, while the old version keeps serving (the pods the first step did not
+/// replace stay Ready throughout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_version_is_rolled_back_and_never_retried_while_the_old_one_serves() {
+    log_to_test_output();
+    let cluster = Cluster::start().await;
+    let controller = cluster.controller("replica-a", 15);
+    let listener = cluster.listener_addr;
+    let good = "registry.local/testworkload:1.0";
+    let bad = "registry.local/testworkload:2.0-bad";
+    cluster
+        .apply(&testworkload_yaml("app", "1.0", 3, "3s", listener))
+        .await;
+    let pods = cluster.pods();
+    eventually(WAIT, "3 ready pods on 1.0 posting `info`", || async {
+        let live = workload_pods(&pods).await;
+        live.len() == 3
+            && live
+                .iter()
+                .all(|(_, image, ready, level)| image == good && *ready && level == "info")
+    })
+    .await;
+
+    cluster
+        .apply(&testworkload_yaml("app", "2.0-bad", 3, "3s", listener))
+        .await;
+    let mut bad_pods = BTreeSet::new();
+    let mut first_error: Option<tokio::time::Instant> = None;
+    let mut rolled_back_after = None;
+    let mut fewest_ready_good = usize::MAX;
+    let mut error_and_ready = std::collections::HashMap::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let live = workload_pods(&pods).await;
+        let ready_good = live.iter().filter(|(_, i, r, _)| i == good && *r).count();
+        fewest_ready_good = fewest_ready_good.min(ready_good);
+        for (name, image, ready, level) in &live {
+            if image == bad {
+                // Ready until its first post (no watchdog is healthy), then out of its Services
+                // as soon as the listener has turned the readiness gate (one write window).
+                if *ready && level == "error" {
+                    let since = *error_and_ready
+                        .entry(name.clone())
+                        .or_insert_with(tokio::time::Instant::now);
+                    assert!(
+                        since.elapsed() < Duration::from_secs(2),
+                        "a pod in error stayed Ready: {live:?}"
+                    );
+                }
+                bad_pods.insert(name.clone());
+                if level == "error" && first_error.is_none() {
+                    first_error = Some(tokio::time::Instant::now());
+                }
+            }
+        }
+        if let Some(at) = first_error
+            && rolled_back_after.is_none()
+            && !bad_pods.is_empty()
+            && live.iter().all(|(_, i, _, _)| i != bad)
+        {
+            rolled_back_after = Some(at.elapsed());
+        }
+        if rolled_back_after.is_some() && ready_good == 3 && live.len() == 3 {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let acd = cluster
+                .kubectl(&["get", "acd", "app", "-n", NS, "-o", "yaml"])
+                .await;
+            let events = cluster.kubectl(&["get", "events", "-n", NS]).await;
+            panic!("no rollback: {live:?}, first error seen: {first_error:?}\n{acd}\n{events}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let rolled_back_after = rolled_back_after.unwrap();
+    println!("error seen → bad pods gone: {rolled_back_after:?} (threshold 3 s)");
+    assert!(
+        rolled_back_after <= Duration::from_secs(3 + 3),
+        "rollback took {rolled_back_after:?}, threshold 3 s"
+    );
+    // The first step (34 % of 3) replaces one old pod once the new one is Ready; the other two
+    // old pods serve throughout.
+    assert!(
+        fewest_ready_good >= 2,
+        "the old version kept serving: fewest Ready {fewest_ready_good}"
+    );
+
+    // Marked bad, with the reason, and not retried.
+    let bad_versions = cluster
+        .kubectl(&[
+            "get",
+            "acd",
+            "app",
+            "-n",
+            NS,
+            "-o",
+            "jsonpath={.status.badVersions[*].version} {.status.currentVersion}",
+        ])
+        .await;
+    assert_eq!(bad_versions, "2.0-bad 1.0");
+    let reasons = cluster.event_reasons("app").await;
+    assert!(reasons.contains("RolledBack"), "{reasons:?}");
+    let quiet_until = tokio::time::Instant::now() + Duration::from_secs(5);
+    while tokio::time::Instant::now() < quiet_until {
+        let live = workload_pods(&pods).await;
+        assert!(
+            live.iter().all(|(_, i, _, _)| i == good),
+            "the bad version was retried: {live:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    controller.stop().await;
+    cluster.shutdown().await;
+}
+
+/// The in-process controller's logs in the test output (`RUST_LOG`, default: the controller at
+/// info), so a failing scenario shows what the controller decided.
+fn log_to_test_output() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "autocrane_reconciler=info,autocrane_controller=info".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
+
+/// `autocrane watchdog post` of an `error` watchdog `forced` (no expiry) for pod `name`.
+async fn force_error(listener: std::net::SocketAddr, name: &str) {
+    let pod = format!("{NS}/{name}");
+    let server = format!("http://{listener}");
+    tokio::task::spawn_blocking(move || {
+        let (ok, out, err) = run(Command::new(autocrane_bin()).args([
+            "watchdog",
+            "post",
+            "--server",
+            &server,
+            "--pod",
+            &pod,
+            "--name",
+            "forced",
+            "--level",
+            "error",
+            "--message",
+            "forced by the test",
+        ]));
+        assert!(ok, "watchdog post: {out}{err}");
+    })
+    .await
+    .unwrap();
+}
+
+/// The live pod of `slot` (the slot label; a restarted pod gets a new name in the same slot):
+/// its (name, uid), if one exists and is not going away.
+async fn in_slot(pods: &Api<Pod>, slot: &str) -> Option<(String, String)> {
+    let selector = format!("autocrane.io/slot={slot}");
+    pods.list(&ListParams::default().labels(&selector))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .find(|p| p.metadata.deletion_timestamp.is_none())
+        .map(|p| (p.name_any(), p.metadata.uid.unwrap_or_default()))
+}
+
+/// Scenario 4: a stable pod forced into `error` is restarted once it has been in error for the
+/// threshold (the same slot, a new pod); after `maxRestartsPerPod` restarts in the window the
+/// deployment is Degraded (`RestartLimitExceeded`) and the failing pod is left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_pod_is_restarted_within_the_failing_limit_then_left_alone() {
+    log_to_test_output();
+    let cluster = Cluster::start().await;
+    let controller = cluster.controller("replica-a", 15);
+    let listener = cluster.listener_addr;
+    cluster
+        .apply(&testworkload_yaml("app", "1.0", 2, "2s", listener))
+        .await;
+    let pods = cluster.pods();
+    eventually(WAIT, "2 ready pods posting `info`", || async {
+        let live = workload_pods(&pods).await;
+        live.len() == 2
+            && live
+                .iter()
+                .all(|(_, _, ready, level)| *ready && level == "info")
+    })
+    .await;
+    let first = workload_pods(&pods).await[0].0.clone();
+    let slot = pods.get(&first).await.unwrap().labels()["autocrane.io/slot"].clone();
+
+    // maxRestartsPerPod: 2 — two restarts, each after the threshold.
+    for restart in 1..=2 {
+        let (victim, uid) = in_slot(&pods, &slot).await.expect("the slot has a pod");
+        force_error(listener, &victim).await;
+        let forced_at = tokio::time::Instant::now();
+        let replaced = eventually(WAIT, "the failing pod to be restarted", || async {
+            in_slot(&pods, &slot)
+                .await
+                .filter(|(_, new)| *new != uid)
+                .map(|_| forced_at.elapsed())
+        })
+        .await;
+        println!("restart {restart}: error posted → replaced after {replaced:?} (threshold 2 s)");
+        assert!(
+            replaced >= Duration::from_millis(1500),
+            "restarted before the threshold: {replaced:?}"
+        );
+        assert!(
+            replaced <= Duration::from_secs(2 + 5),
+            "restart {restart} took {replaced:?}"
+        );
+        eventually(WAIT, "the replacement to be Ready", || async {
+            let Some((name, _)) = in_slot(&pods, &slot).await else {
+                return false;
+            };
+            workload_pods(&pods)
+                .await
+                .iter()
+                .any(|(n, _, ready, level)| *n == name && *ready && level == "info")
+        })
+        .await;
+    }
+    let restarts = cluster
+        .kubectl(&[
+            "get",
+            "acd",
+            "app",
+            "-n",
+            NS,
+            "-o",
+            "jsonpath={.status.restarts[*].pod}",
+        ])
+        .await;
+    assert_eq!(restarts, format!("{slot} {slot}"));
+
+    // The third failure: Degraded, and the pod stays.
+    let (victim, uid) = in_slot(&pods, &slot).await.expect("the slot has a pod");
+    force_error(listener, &victim).await;
+    eventually(WAIT, "Degraded: RestartLimitExceeded", || async {
+        cluster
+            .kubectl(&[
+                "get",
+                "acd",
+                "app",
+                "-n",
+                NS,
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Degraded\")].reason}",
+            ])
+            .await
+            == "RestartLimitExceeded"
+    })
+    .await;
+    let until = tokio::time::Instant::now() + Duration::from_secs(5);
+    while tokio::time::Instant::now() < until {
+        assert_eq!(
+            in_slot(&pods, &slot).await,
+            Some((victim.clone(), uid.clone())),
+            "a pod past its restart limit was killed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let reasons = cluster.event_reasons("app").await;
+    assert!(reasons.contains("PodRestarted"), "{reasons:?}");
     controller.stop().await;
     cluster.shutdown().await;
 }

@@ -278,7 +278,7 @@ impl VersionWatcher for Service {
         let wait = first_probe_wait(&request);
         let spec = spec::validate(request.get_ref().source.as_ref(), "source").map_err(invalid)?;
         self.check_local(&spec, "source")?;
-        let (id, _) = self.hub.ensure(spec).map_err(status_of)?;
+        let id = self.hub.ensure(spec).await.map_err(status_of)?;
         // A source nobody probed yet (just added, by this call or a concurrent one, or restored
         // after a restart) gets its first probe before the answer; others answer at once.
         self.hub.wait_probed(&id, wait).await.map_err(status_of)?;
@@ -358,14 +358,12 @@ impl VersionWatcher for Service {
         for (i, spec) in specs.iter().enumerate() {
             self.check_local(spec, &format!("sources[{i}]"))?;
         }
-        let mut ids = Vec::with_capacity(specs.len());
-        for spec in specs {
-            ids.push(self.hub.ensure(spec).map_err(status_of)?.0);
-        }
+        // All new sources are written as one group: one fsync, however many there are.
+        let ids = self.hub.ensure_all(specs).await.map_err(status_of)?;
         let hub = self.hub.clone();
         // As in GetSource: sources never probed yet are probed before the snapshot (bounded).
         futures::future::join_all(ids.iter().map(|id| hub.wait_probed(id, wait))).await;
-        let subscription = hub.subscribe(&ids, token).map_err(status_of)?;
+        let subscription = hub.subscribe(&ids, token).await.map_err(status_of)?;
         tracing::debug!(
             sources = ids.len(),
             resumed = token.is_some(),
@@ -410,6 +408,7 @@ impl VersionWatcher for Service {
         let view = self
             .hub
             .quarantine(&request.source_id, &request.version, &request.reason)
+            .await
             .map_err(status_of)?;
         Ok(Response::new(pb::QuarantineVersionResponse {
             source: Some(state_to_proto(&view)),
@@ -426,6 +425,7 @@ impl VersionWatcher for Service {
         let view = self
             .hub
             .lift(&request.source_id, &request.version)
+            .await
             .map_err(status_of)?;
         Ok(Response::new(pb::LiftQuarantineResponse {
             source: Some(state_to_proto(&view)),

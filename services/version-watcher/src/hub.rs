@@ -1,33 +1,35 @@
 //! The watcher's live state: every source with one prober task each, the process-wide event
 //! sequence, persistence, and the broadcast of changes that every stream subscribes to.
 //!
-//! One lock guards all sources and the sequence. A change is applied, persisted and broadcast
-//! under it, and a stream subscribes and takes its snapshot under it, so a subscriber sees every
-//! change after its snapshot exactly once. Persisting under the lock (a small file write and
-//! fsync) only happens when a source has news, which is rare next to probes that find nothing.
+//! One lock guards all sources and the sequence. A change is applied under it and queued for the
+//! group commit ([`crate::commit`]) in sequence order; the committer writes and fsyncs a whole
+//! batch of changes at once, then broadcasts their events under the lock, in order. So no event
+//! goes out before the state it describes is durable, and 1,000 sources added together cost one
+//! fsync rather than one each. A stream takes its snapshot under the lock once every queued
+//! change is published (it never shows a state that could still be lost), and subscribes there,
+//! so it sees every change after its snapshot exactly once. Callers that report a change
+//! (adding sources, quarantines, probes) wait for its ticket before they answer.
 
 use std::{
     collections::BTreeMap,
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, OnceLock, Weak,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, SystemTime},
 };
 
 use autocrane_runtime::shutdown::Shutdown;
-use prometheus_client::{
-    encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
-};
 use tokio::sync::{Notify, broadcast, watch};
 use tracing::Instrument;
 
 use crate::{
+    commit::{Batch, CommitCounters, Committer, SEGMENT_LIMIT, Ticket},
+    metrics::Metrics,
     schedule,
     spec::{Spec, Upstream},
-    state::{Event, EventKind, Seq, Source, Status, VersionView},
-    store::{Store, StoreError},
+    state::{Event, Seq, Source, Status, VersionView},
+    store::{self, Store, StoreError},
     upstream::{self, Upstreams, oci::DIGESTS_PER_PROBE},
 };
 
@@ -58,7 +60,7 @@ pub enum HubError {
     },
     /// The state could not be persisted.
     #[error("persisting source state")]
-    Persist(#[source] StoreError),
+    Persist(#[source] Arc<StoreError>),
 }
 
 /// A source's state as reported to clients.
@@ -130,73 +132,18 @@ const TAG_FOLLOW_UP_FIRST: Duration = Duration::from_millis(50);
 struct Entry {
     source: Source,
     control: Arc<Control>,
+    /// The commit ticket of the source's creation (0: loaded from disk).
+    created: Ticket,
 }
 
 #[derive(Debug, Default)]
 struct Inner {
     seq: Seq,
     sources: BTreeMap<String, Entry>,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ProbeLabels {
-    kind: String,
-    outcome: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct EventLabels {
-    kind: String,
-}
-
-/// The watcher's metrics.
-#[derive(Clone, Debug)]
-pub struct Metrics {
-    probes: Family<ProbeLabels, Counter>,
-    probe_seconds: Histogram,
-    events: Family<EventLabels, Counter>,
-    sources: Gauge,
-    persist_failures: Counter,
-}
-
-impl Metrics {
-    /// Registers the metrics in `registry`.
-    pub fn register(registry: &autocrane_runtime::admin::SharedRegistry) -> Self {
-        let metrics = Self {
-            probes: Family::default(),
-            probe_seconds: Histogram::new(autocrane_runtime::admin::latency_buckets()),
-            events: Family::default(),
-            sources: Gauge::default(),
-            persist_failures: Counter::default(),
-        };
-        let mut registry = registry.lock().expect("metrics registry poisoned");
-        registry.register(
-            "version_watcher_probes",
-            "Probes by source kind and outcome",
-            metrics.probes.clone(),
-        );
-        registry.register(
-            "version_watcher_probe_seconds",
-            "Duration of one probe",
-            metrics.probe_seconds.clone(),
-        );
-        registry.register(
-            "version_watcher_events",
-            "Version events by kind",
-            metrics.events.clone(),
-        );
-        registry.register(
-            "version_watcher_sources",
-            "Sources watched",
-            metrics.sources.clone(),
-        );
-        registry.register(
-            "version_watcher_persist_failures",
-            "Source state writes that failed",
-            metrics.persist_failures.clone(),
-        );
-        metrics
-    }
+    /// The last commit ticket handed out.
+    submitted: Ticket,
+    /// The last commit ticket whose events were broadcast.
+    published: Ticket,
 }
 
 /// Settings of the hub.
@@ -211,7 +158,8 @@ pub struct HubConfig {
 pub struct Hub {
     inner: Mutex<Inner>,
     changes: broadcast::Sender<Arc<Change>>,
-    store: Store,
+    /// Durable state; its payloads are the changes to broadcast once written.
+    committer: Committer<Option<Arc<Change>>>,
     upstreams: Upstreams,
     shutdown: Shutdown,
     metrics: Metrics,
@@ -228,18 +176,6 @@ fn view_of(source: &Source) -> SourceView {
     }
 }
 
-fn event_kind_label(kind: EventKind) -> &'static str {
-    match kind {
-        EventKind::Discovered => "discovered",
-        EventKind::CurrentChanged => "current_changed",
-        EventKind::Quarantined => "quarantined",
-        EventKind::Released => "released",
-        EventKind::Removed => "removed",
-        EventKind::Failing => "failing",
-        EventKind::Recovered => "recovered",
-    }
-}
-
 impl Hub {
     /// Loads the persisted sources and starts a prober for each.
     pub fn start(
@@ -251,21 +187,43 @@ impl Hub {
     ) -> Result<Arc<Self>, StoreError> {
         let sources = store.load()?;
         let (changes, _) = broadcast::channel(BROADCAST_CAPACITY);
+        // The committer publishes into the hub, which owns the committer: it reaches the hub
+        // through a weak reference set once the hub exists (nothing is submitted before).
+        let slot: Arc<OnceLock<Weak<Hub>>> = Arc::default();
+        let publish_to = slot.clone();
+        let committer = Committer::start(
+            store,
+            SEGMENT_LIMIT,
+            metrics.commits.clone(),
+            move |batch| {
+                if let Some(hub) = publish_to.get().and_then(Weak::upgrade) {
+                    hub.publish(batch);
+                }
+            },
+        )?;
         let hub = Arc::new(Self {
             inner: Mutex::new(Inner::default()),
             changes,
-            store,
+            committer,
             upstreams,
             shutdown,
             metrics,
             config,
         });
+        let _ = slot.set(Arc::downgrade(&hub));
         let mut inner = hub.lock();
         for source in sources {
             inner.seq = inner.seq.max(source.last_seq());
             let id = source.id.clone();
             let control = hub.spawn_prober(&id);
-            inner.sources.insert(id, Entry { source, control });
+            inner.sources.insert(
+                id,
+                Entry {
+                    source,
+                    control,
+                    created: 0,
+                },
+            );
         }
         hub.metrics.sources.set(inner.sources.len() as i64);
         tracing::info!(
@@ -286,20 +244,102 @@ impl Hub {
         &self.shutdown
     }
 
-    /// Starts watching `spec` unless it is watched already; returns its id and whether it is new.
-    pub fn ensure(self: &Arc<Self>, spec: Spec) -> Result<(String, bool), HubError> {
-        let id = spec.source_id();
-        let mut inner = self.lock();
-        if inner.sources.contains_key(&id) {
-            return Ok((id, false));
+    /// Starts watching each of `specs` that is not watched already; returns their ids, in
+    /// order, once every one of them is durable. New sources are written as one group (one
+    /// fsync for all of them); their probers start at once, and events about them go out only
+    /// after this group is durable (commits are published in order).
+    pub async fn ensure_all(
+        self: &Arc<Self>,
+        specs: impl IntoIterator<Item = Spec>,
+    ) -> Result<Vec<String>, HubError> {
+        let (ids, ticket) = {
+            let mut guard = self.lock();
+            let inner = &mut *guard;
+            let mut ids = Vec::new();
+            let mut added = Vec::new();
+            let mut records = Vec::new();
+            // A source added by a concurrent call may not be durable yet: wait for it too.
+            let mut ticket = 0;
+            for spec in specs {
+                let id = spec.source_id();
+                if let Some(entry) = inner.sources.get(&id) {
+                    ticket = ticket.max(entry.created);
+                    ids.push(id);
+                    continue;
+                }
+                let source = Source::new(spec);
+                records.push((id.clone(), store::encode(&source), None));
+                let control = self.spawn_prober(&id);
+                tracing::debug!(source_id = %id, "Watching new source");
+                inner.sources.insert(
+                    id.clone(),
+                    Entry {
+                        source,
+                        control,
+                        created: 0,
+                    },
+                );
+                added.push(id.clone());
+                ids.push(id);
+            }
+            if !records.is_empty() {
+                let last = self.committer.submit(records);
+                inner.submitted = last;
+                for id in &added {
+                    if let Some(entry) = inner.sources.get_mut(id) {
+                        entry.created = last;
+                    }
+                }
+                ticket = last;
+                self.metrics.sources.set(inner.sources.len() as i64);
+                tracing::info!(
+                    added = added.len(),
+                    sources = inner.sources.len(),
+                    "Watching new sources"
+                );
+            }
+            (ids, ticket)
+        };
+        self.committer
+            .durable(ticket)
+            .await
+            .map_err(HubError::Persist)?;
+        Ok(ids)
+    }
+
+    /// Starts watching `spec` unless it is watched already; returns its id once it is durable.
+    pub async fn ensure(self: &Arc<Self>, spec: Spec) -> Result<String, HubError> {
+        let mut ids = self.ensure_all([spec]).await?;
+        Ok(ids.pop().unwrap_or_default())
+    }
+
+    /// The commit counters (group commits, records, fsyncs), for tests and benchmarks.
+    pub fn commit_counters(&self) -> &CommitCounters {
+        self.committer.counters()
+    }
+
+    /// Waits until `ticket` (when any) is durable.
+    async fn durable(&self, ticket: Option<Ticket>) -> Result<(), HubError> {
+        match ticket {
+            Some(ticket) => self
+                .committer
+                .durable(ticket)
+                .await
+                .map_err(HubError::Persist),
+            None => Ok(()),
         }
-        let source = Source::new(spec);
-        self.store.save(&source).map_err(HubError::Persist)?;
-        let control = self.spawn_prober(&id);
-        inner.sources.insert(id.clone(), Entry { source, control });
-        self.metrics.sources.set(inner.sources.len() as i64);
-        tracing::info!(source_id = %id, "Watching new source");
-        Ok((id, true))
+    }
+
+    /// Broadcasts a written batch, in order (on the committer's thread).
+    fn publish(&self, batch: Batch<Option<Arc<Change>>>) {
+        if batch.error.is_some() {
+            self.metrics.persist_failures.inc();
+        }
+        let mut inner = self.lock();
+        for change in batch.payloads.into_iter().flatten() {
+            let _ = self.changes.send(change);
+        }
+        inner.published = batch.through;
     }
 
     fn spawn_prober(self: &Arc<Self>, id: &str) -> Arc<Control> {
@@ -433,94 +473,126 @@ impl Hub {
             .ok_or_else(|| HubError::SourceNotFound(id.to_string()))
     }
 
-    /// Quarantines a version.
-    pub fn quarantine(
+    /// Quarantines a version; answers once the quarantine is durable.
+    pub async fn quarantine(
         &self,
         id: &str,
         version: &str,
         reason: &str,
     ) -> Result<SourceView, HubError> {
-        let mut guard = self.lock();
-        let inner = &mut *guard;
-        let entry = inner
-            .sources
-            .get_mut(id)
-            .ok_or_else(|| HubError::SourceNotFound(id.to_string()))?;
-        let events = entry
-            .source
-            .quarantine(version, reason, SystemTime::now(), &mut inner.seq)
-            .ok_or_else(|| HubError::VersionNotFound {
-                source_id: id.to_string(),
-                version: version.to_string(),
-            })?;
-        if !events.is_empty() {
-            tracing::info!(source_id = %id, version, reason, "Version quarantined");
-        }
-        self.commit(entry, events, true)
-    }
-
-    /// Lifts a quarantine.
-    pub fn lift(&self, id: &str, version: &str) -> Result<SourceView, HubError> {
-        let mut guard = self.lock();
-        let inner = &mut *guard;
-        let entry = inner
-            .sources
-            .get_mut(id)
-            .ok_or_else(|| HubError::SourceNotFound(id.to_string()))?;
-        let events =
-            entry
+        let (view, ticket) = {
+            let mut guard = self.lock();
+            let inner = &mut *guard;
+            let entry = inner
+                .sources
+                .get_mut(id)
+                .ok_or_else(|| HubError::SourceNotFound(id.to_string()))?;
+            let events = entry
                 .source
-                .lift(version, &mut inner.seq)
-                .ok_or_else(|| HubError::NotQuarantined {
+                .quarantine(version, reason, SystemTime::now(), &mut inner.seq)
+                .ok_or_else(|| HubError::VersionNotFound {
                     source_id: id.to_string(),
                     version: version.to_string(),
                 })?;
-        tracing::info!(source_id = %id, version, "Quarantine lifted");
-        self.commit(entry, events, true)
+            if !events.is_empty() {
+                tracing::info!(source_id = %id, version, reason, "Version quarantined");
+            }
+            self.stage(&mut inner.submitted, entry, events, true)
+        };
+        self.durable(ticket).await?;
+        Ok(view)
     }
 
-    /// Persists (when `dirty`) and broadcasts (when there are events) a source's change. A failed
-    /// write is logged and counted, and the change still goes out: the watcher keeps serving, and
-    /// the next successful write catches the file up.
-    fn commit(
+    /// Lifts a quarantine; answers once the change is durable.
+    pub async fn lift(&self, id: &str, version: &str) -> Result<SourceView, HubError> {
+        let (view, ticket) = {
+            let mut guard = self.lock();
+            let inner = &mut *guard;
+            let entry = inner
+                .sources
+                .get_mut(id)
+                .ok_or_else(|| HubError::SourceNotFound(id.to_string()))?;
+            let events = entry.source.lift(version, &mut inner.seq).ok_or_else(|| {
+                HubError::NotQuarantined {
+                    source_id: id.to_string(),
+                    version: version.to_string(),
+                }
+            })?;
+            tracing::info!(source_id = %id, version, "Quarantine lifted");
+            self.stage(&mut inner.submitted, entry, events, true)
+        };
+        self.durable(ticket).await?;
+        Ok(view)
+    }
+
+    /// Queues a source's change for the group commit (when `dirty` or there are events) with its
+    /// events, which the committer broadcasts once the state is durable. Call under the lock, so
+    /// that tickets follow the sequence. Returns the view after the change and the ticket to wait
+    /// for, if anything was queued. A failed write is logged and counted by the committer and the
+    /// events still go out: the watcher keeps serving, and the next batch writes the state again.
+    fn stage(
         &self,
-        entry: &mut Entry,
+        submitted: &mut Ticket,
+        entry: &Entry,
         events: Vec<Event>,
         dirty: bool,
-    ) -> Result<SourceView, HubError> {
-        let result = if dirty || !events.is_empty() {
-            self.store.save(&entry.source)
-        } else {
-            Ok(())
-        };
-        if let Err(error) = &result {
-            self.metrics.persist_failures.inc();
-            tracing::error!(source_id = %entry.source.id, error = %error, "Persisting source state failed");
-        }
+    ) -> (SourceView, Option<Ticket>) {
         let view = view_of(&entry.source);
-        if !events.is_empty() {
-            for event in &events {
-                self.metrics
-                    .events
-                    .get_or_create(&EventLabels {
-                        kind: event_kind_label(event.kind).to_string(),
-                    })
-                    .inc();
-            }
-            let _ = self.changes.send(Arc::new(Change {
+        if !dirty && events.is_empty() {
+            return (view, None);
+        }
+        for event in &events {
+            self.metrics.event(event.kind);
+        }
+        let change = (!events.is_empty()).then(|| {
+            Arc::new(Change {
                 source_id: entry.source.id.clone(),
                 events,
                 view: view.clone(),
-            }));
-        }
-        result.map(|()| view).map_err(HubError::Persist)
+            })
+        });
+        let json = store::encode(&entry.source);
+        let ticket = self
+            .committer
+            .submit([(entry.source.id.clone(), json, change)]);
+        *submitted = ticket;
+        (view, Some(ticket))
     }
 
     /// Subscribes to changes of `ids` (which must exist), with a snapshot and, given a resume
     /// token, the logged events after it. A source whose log no longer reaches back to the token
-    /// contributes its snapshot only (see `state`).
-    pub fn subscribe(&self, ids: &[String], token: Option<Seq>) -> Result<Subscription, HubError> {
-        let inner = self.lock();
+    /// contributes its snapshot only (see `state`). The snapshot waits until every queued change
+    /// is durable and published, so it (and its resume token) never shows a state a crash could
+    /// still take back.
+    pub async fn subscribe(
+        &self,
+        ids: &[String],
+        token: Option<Seq>,
+    ) -> Result<Subscription, HubError> {
+        loop {
+            let pending = {
+                let inner = self.lock();
+                if inner.published >= inner.submitted {
+                    return self.snapshot(&inner, ids, token);
+                }
+                inner.submitted
+            };
+            // A failed write is published all the same; the loop only needs it published. A
+            // stopped committer publishes nothing more.
+            if let Err(error) = self.committer.durable(pending).await
+                && matches!(*error, StoreError::Stopped)
+            {
+                return Err(HubError::Persist(error));
+            }
+        }
+    }
+
+    fn snapshot(
+        &self,
+        inner: &Inner,
+        ids: &[String],
+        token: Option<Seq>,
+    ) -> Result<Subscription, HubError> {
         let receiver = self.changes.subscribe();
         let mut views = Vec::with_capacity(ids.len());
         let mut events = Vec::new();
@@ -558,16 +630,17 @@ impl Hub {
             .unwrap_or_default()
     }
 
-    /// Applies a probe's outcome; returns the failures in a row and the upstream's retry hint.
+    /// Applies a probe's outcome; returns the failures in a row, the upstream's retry hint and
+    /// the commit ticket of the change, if there was one.
     fn apply(
         &self,
         id: &str,
         outcome: Result<crate::state::Listing, upstream::ProbeError>,
-    ) -> (u32, Option<Duration>) {
+    ) -> (u32, Option<Duration>, Option<Ticket>) {
         let mut guard = self.lock();
         let inner = &mut *guard;
         let Some(entry) = inner.sources.get_mut(id) else {
-            return (0, None);
+            return (0, None, None);
         };
         let now = SystemTime::now();
         let kind = entry.source.spec.upstream.kind();
@@ -586,19 +659,13 @@ impl Hub {
                 (events, false, error.retry_after, "error")
             }
         };
-        self.metrics
-            .probes
-            .get_or_create(&ProbeLabels {
-                kind: kind.to_string(),
-                outcome: outcome_label.to_string(),
-            })
-            .inc();
+        self.metrics.probe(kind, outcome_label);
         if !events.is_empty() {
             tracing::info!(events = events.len(), current = ?entry.source.current, "Source changed");
         }
         let failures = entry.source.status.consecutive_failures;
-        let _ = self.commit(entry, events, dirty);
-        (failures, retry_after)
+        let (_, ticket) = self.stage(&mut inner.submitted, entry, events, dirty);
+        (failures, retry_after, ticket)
     }
 
     /// Drops the awaited tags the source now knows (or will never know: the policy does not
@@ -660,7 +727,13 @@ async fn prober(hub: std::sync::Weak<Hub>, id: String, control: Arc<Control>, sh
         hub.metrics
             .probe_seconds
             .observe(started.elapsed().as_secs_f64());
-        let (failures, retry_after) = hub.apply(&id, outcome);
+        let (failures, retry_after, ticket) = hub.apply(&id, outcome);
+        // The probe is done (for Probe calls and first-probe waits) once its news is durable and
+        // published; waiting here also lets the changes of many probers share one fsync.
+        tokio::select! {
+            () = shutdown.wait() => return,
+            _ = hub.durable(ticket) => {}
+        }
         let mut delay = schedule::next_delay(
             spec.poll_interval(),
             failures,

@@ -7,14 +7,17 @@
 //! id → [`hub`] starts one prober per source (shared by every watcher of it) → the prober asks
 //! [`upstream`] for the versions, on its poll interval, on a `Probe` call, or when [`webhook`]
 //! receives a push → [`state`] turns the listing into events, choosing the current version with
-//! [`policy`] and skipping quarantined ones → [`store`] persists the source → the change is
-//! broadcast to the `WatchVersions` streams of [`grpc`].
+//! [`policy`] and skipping quarantined ones → [`commit`] persists it with the other changes of the
+//! moment (one journal write and fsync per group, [`store`]) → the change is broadcast to the
+//! `WatchVersions` streams of [`grpc`].
 //!
-//! The sans-IO core is `spec`, `policy`, `state` and `schedule`; `upstream`, `store` and `webhook`
-//! do I/O; `grpc` is the only tonic module; this file wires them.
+//! The sans-IO core is `spec`, `policy`, `state` and `schedule`; `upstream`, `store`, `commit`
+//! and `webhook` do I/O; `grpc` is the only tonic module; this file wires them.
 
+pub mod commit;
 pub mod grpc;
 pub mod hub;
+pub mod metrics;
 pub mod policy;
 pub mod schedule;
 pub mod spec;
@@ -62,12 +65,15 @@ pub struct Args {
     #[arg(long, env = "AUTOCRANE_REGISTRY_CREDENTIALS")]
     pub registry_credentials: Option<PathBuf>,
 
-    /// Requests per second to one upstream host (registry, git server, HTTP server).
-    #[arg(long, env = "AUTOCRANE_UPSTREAM_RATE", default_value_t = 20.0)]
+    /// Requests per second to one upstream host (registry, git server, HTTP server). The default
+    /// fits 1,000 sources on one host polled every 10 s: an OCI probe sends 2 requests (tag list,
+    /// manifest HEAD), 1,000 × 2 / 10 s = 200/s, plus 25% headroom.
+    #[arg(long, env = "AUTOCRANE_UPSTREAM_RATE", default_value_t = upstream::limiter::DEFAULT_RATE)]
     pub upstream_rate: f64,
 
-    /// Requests to one upstream host allowed in a burst above the rate.
-    #[arg(long, env = "AUTOCRANE_UPSTREAM_BURST", default_value_t = 50)]
+    /// Requests to one upstream host allowed in a burst above the rate. The default lets the
+    /// first probes of 1,000 sources added (or restored) together go out at once: 1,000 × 2.
+    #[arg(long, env = "AUTOCRANE_UPSTREAM_BURST", default_value_t = upstream::limiter::DEFAULT_BURST)]
     pub upstream_burst: u32,
 
     /// Timeout of one upstream request, in seconds.
@@ -121,14 +127,24 @@ pub async fn run(args: Args, process: Process) -> Result<(), Error> {
         }
         None => upstream::oci::Auth::anonymous(),
     };
+    let limiter = Arc::new(upstream::RateLimiter::new(upstream_rate, upstream_burst));
+    process
+        .registry
+        .lock()
+        .expect("metrics registry poisoned")
+        .register(
+            "version_watcher_upstream_throttled",
+            "Upstream requests that waited for the per-host rate limit or a Retry-After pause",
+            limiter.throttled(),
+        );
     let upstreams = upstream::Upstreams::new(
-        Arc::new(upstream::RateLimiter::new(upstream_rate, upstream_burst)),
+        limiter,
         Arc::new(auth),
         Duration::from_secs(upstream_timeout_secs.max(1)),
         directories.clone(),
     );
     let store = store::Store::open(&state_dir).map_err(Error::OpenState)?;
-    let metrics = hub::Metrics::register(&process.registry);
+    let metrics = metrics::Metrics::register(&process.registry);
     let hub = hub::Hub::start(
         store,
         upstreams,
@@ -169,6 +185,15 @@ mod tests {
     #[test]
     fn flags_are_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn default_upstream_limits_fit_a_thousand_sources_every_ten_seconds() {
+        let cli = Cli::try_parse_from(["x"]).unwrap();
+        // The module docs of `upstream::limiter` give the arithmetic; its tests simulate it.
+        let (sources, requests_per_probe, interval_secs) = (1000.0, 2.0, 10.0);
+        assert!(cli.args.upstream_rate >= sources * requests_per_probe / interval_secs);
+        assert!(f64::from(cli.args.upstream_burst) >= sources * requests_per_probe);
     }
 
     #[test]

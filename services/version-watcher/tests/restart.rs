@@ -1,10 +1,10 @@
 //! The real `autocrane version-watcher` binary restarted on the same `--state-dir`: resume tokens
 //! keep positions (no replay, no miss, including a version pushed while it was down) and
-//! quarantines survive.
+//! quarantines survive; sources a `WatchVersions` answered for survive a SIGKILL.
 
 mod common;
 
-use std::time::Duration;
+use std::{collections::BTreeSet, time::Duration};
 
 use autocrane_api::proto::version_v1 as pb;
 use common::*;
@@ -120,4 +120,53 @@ async fn restart_keeps_positions_and_quarantines() {
     drop(older);
     drop(client);
     assert!(second_life.stop().await.success());
+}
+
+/// 1,000 sources added in one `WatchVersions` are committed as a group; once the snapshot is
+/// out, a crash (SIGKILL) loses none of them.
+#[tokio::test]
+async fn sources_in_an_answered_watch_survive_a_kill() {
+    let state = tempfile::tempdir().unwrap();
+    let state_dir = state.path().join("state");
+    let watcher = BinaryWatcher::start(&state_dir).await;
+    let mut client = watcher.client().await;
+    // A registry address nobody listens on: every first probe fails at once, which is a change
+    // (FAILING) committed before the snapshot as well.
+    let registry = format!("http://127.0.0.1:{}", free_port());
+    let specs: Vec<_> = (0..1000)
+        .map(|i| oci_spec(&registry, &format!("fleet/app{i}"), semver_any(), 3600))
+        .collect();
+    let mut stream = watch(&mut client, specs, "").await;
+    let snapshot = next(&mut stream, Duration::from_secs(60)).await;
+    let ids: BTreeSet<String> = snapshot
+        .sources
+        .iter()
+        .map(|s| s.source_id.clone())
+        .collect();
+    assert_eq!(ids.len(), 1000);
+    watcher.kill();
+
+    let restarted = BinaryWatcher::start(&state_dir).await;
+    let mut client = restarted.client().await;
+    let mut restored = BTreeSet::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_sources(pb::ListSourcesRequest {
+                page_size: 1000,
+                page_token,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        restored.extend(page.sources.into_iter().map(|s| s.source_id));
+        page_token = page.next_page_token;
+        if page_token.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(restored, ids, "every acknowledged source was restored");
+    drop(stream);
+    drop(client);
+    assert!(restarted.stop().await.success());
 }

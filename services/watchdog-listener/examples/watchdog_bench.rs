@@ -327,6 +327,7 @@ async fn main() {
         let args = Args {
             server: ServerArgs::local("127.0.0.1:0".parse().unwrap()),
             insecure_allow_anonymous: false,
+            token_audiences: vec!["autocrane-watchdog-listener".into()],
             write: WriteArgs::new(Duration::from_millis(window)),
             prober: false,
             probe: ProberArgs::new(Duration::from_secs(10), Duration::from_secs(5), 256),

@@ -115,6 +115,7 @@ pub struct Authorizer {
     allow_anonymous: bool,
     tokens: Mutex<HashMap<String, (Instant, Option<Caller>)>>,
     decisions: Mutex<HashMap<SarKey, (Instant, Decision)>>,
+    audiences: Vec<String>,
 }
 
 impl std::fmt::Debug for Authorizer {
@@ -150,10 +151,16 @@ fn remember<K: std::hash::Hash + Eq, V>(map: &Mutex<HashMap<K, (Instant, V)>>, k
 impl Authorizer {
     /// Reviews through `client`. With `allow_anonymous`, calls without a token are allowed
     /// everything (local play only); calls with a token are still checked.
-    pub fn new(client: Client, allow_anonymous: bool) -> Self {
+    ///
+    /// Tokens are reviewed for `audiences` first (the projected tokens AutoCrane's pods carry are
+    /// minted for the listener, so they cannot be replayed against the API server); a token not
+    /// valid for them is reviewed once more for the API server's own audience, so that tokens from
+    /// `kubectl create token` keep working. Both answers are cached per token.
+    pub fn new(client: Client, allow_anonymous: bool, audiences: Vec<String>) -> Self {
         Self {
             client,
             allow_anonymous,
+            audiences,
             tokens: Mutex::new(HashMap::new()),
             decisions: Mutex::new(HashMap::new()),
         }
@@ -197,32 +204,50 @@ impl Authorizer {
         let caller = match cached(&self.tokens, &token.to_string(), |_| CACHE_TTL) {
             Some(caller) => caller,
             None => {
-                let review = TokenReview {
-                    spec: TokenReviewSpec {
-                        token: token.to_string(),
-                        audiences: None,
-                    },
-                    ..TokenReview::default()
-                };
-                let review = Api::<TokenReview>::all(self.client.clone())
-                    .create(&PostParams::default(), &review)
-                    .await
-                    .map_err(Error::ReviewToken)?;
-                let caller = review
-                    .status
-                    .filter(|s| s.authenticated == Some(true))
-                    .and_then(|s| s.user)
-                    .map(|user| Caller {
-                        username: user.username.unwrap_or_default(),
-                        uid: user.uid.unwrap_or_default(),
-                        groups: user.groups.unwrap_or_default(),
-                        extra: user.extra.unwrap_or_default(),
-                    });
+                let mut caller = None;
+                for audiences in [Some(self.audiences.clone()), None] {
+                    if audiences.as_ref().is_some_and(Vec::is_empty) {
+                        continue;
+                    }
+                    caller = self.review_token(token, audiences).await?;
+                    if caller.is_some() {
+                        break;
+                    }
+                }
                 remember(&self.tokens, token.to_string(), caller.clone());
                 caller
             }
         };
         caller.ok_or_else(|| Error::Unauthenticated("the bearer token is not valid".into()))
+    }
+
+    /// One TokenReview of `token` for `audiences` (None: the API server's own).
+    async fn review_token(
+        &self,
+        token: &str,
+        audiences: Option<Vec<String>>,
+    ) -> Result<Option<Caller>, Error> {
+        let review = TokenReview {
+            spec: TokenReviewSpec {
+                token: token.to_string(),
+                audiences,
+            },
+            ..TokenReview::default()
+        };
+        let review = Api::<TokenReview>::all(self.client.clone())
+            .create(&PostParams::default(), &review)
+            .await
+            .map_err(Error::ReviewToken)?;
+        Ok(review
+            .status
+            .filter(|s| s.authenticated == Some(true))
+            .and_then(|s| s.user)
+            .map(|user| Caller {
+                username: user.username.unwrap_or_default(),
+                uid: user.uid.unwrap_or_default(),
+                groups: user.groups.unwrap_or_default(),
+                extra: user.extra.unwrap_or_default(),
+            }))
     }
 
     async fn review_access(

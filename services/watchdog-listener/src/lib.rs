@@ -53,6 +53,18 @@ pub struct Args {
     #[arg(long, env = "AUTOCRANE_INSECURE_ALLOW_ANONYMOUS")]
     pub insecure_allow_anonymous: bool,
 
+    /// Audience a caller's token is reviewed for first (repeatable); tokens not minted for it
+    /// are accepted when valid for the API server itself (`kubectl create token SA`). Pods'
+    /// projected tokens should name it (`serviceAccountToken.audience`), so they cannot be
+    /// replayed against the API server.
+    #[arg(
+        long = "token-audience",
+        env = "AUTOCRANE_TOKEN_AUDIENCES",
+        value_delimiter = ',',
+        default_value = "autocrane-watchdog-listener"
+    )]
+    pub token_audiences: Vec<String>,
+
     /// Shared flags of the write path.
     #[command(flatten)]
     pub write: WriteArgs,
@@ -329,6 +341,7 @@ fn grpc_server(
     let Args {
         server,
         insecure_allow_anonymous,
+        token_audiences,
         write,
         prober,
         probe,
@@ -353,7 +366,11 @@ fn grpc_server(
         pods: components.pods.clone(),
         index: components.index.clone(),
         writer: components.writer.clone(),
-        auth: Authorizer::new(components.client.clone(), *insecure_allow_anonymous),
+        auth: Authorizer::new(
+            components.client.clone(),
+            *insecure_allow_anonymous,
+            token_audiences.clone(),
+        ),
         shutdown: shutdown.clone(),
     });
     let grpc = GrpcServer::new(server)

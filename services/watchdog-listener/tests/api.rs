@@ -778,3 +778,86 @@ async fn insecure_allow_anonymous_accepts_calls_without_a_token_but_still_checks
         .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
 }
+
+/// A pod-bound token minted for the listener (`audience: autocrane-watchdog-listener`, as the
+/// controller's pods and the test workload carry it) is accepted; a token minted for some other
+/// service is not, and neither is anything else.
+#[tokio::test]
+async fn tokens_minted_for_the_listener_are_accepted_and_for_others_refused() {
+    use k8s_openapi::api::{
+        authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec},
+        core::v1::{Pod, ServiceAccount},
+    };
+    let env = Env::start().await;
+    env.pod("shop", "web-0", &[], &[], None).await;
+    // Creates the ServiceAccount (and proves API-audience tokens still work, above).
+    let _ = env.sim.issue_token("shop", "web", None);
+    let pod_uid = Api::<Pod>::namespaced(env.sim.client(), "shop")
+        .get("web-0")
+        .await
+        .unwrap()
+        .uid();
+    let accounts: Api<ServiceAccount> = Api::namespaced(env.sim.client(), "shop");
+    let mint = |audience: &'static str| {
+        let accounts = accounts.clone();
+        let pod_uid = pod_uid.clone();
+        async move {
+            let request = TokenRequest {
+                spec: Some(TokenRequestSpec {
+                    audiences: Some(vec![audience.into()]),
+                    bound_object_ref: Some(BoundObjectReference {
+                        api_version: Some("v1".into()),
+                        kind: Some("Pod".into()),
+                        name: Some("web-0".into()),
+                        uid: pod_uid,
+                    }),
+                    expiration_seconds: Some(3600),
+                    ..TokenRequestSpec::default()
+                }),
+                ..TokenRequest::default()
+            };
+            accounts
+                .create_token_request("web", &kube::api::PostParams::default(), &request)
+                .await
+                .expect("TokenRequest")
+                .status
+                .expect("a token")
+                .token
+                .expect("a token")
+        }
+    };
+    let mut client = env.client().await;
+    let for_listener = mint("autocrane-watchdog-listener").await;
+    client
+        .post_watchdog(with_token(
+            post("shop", "web-0", "app", pb::Level::Info, "mine"),
+            for_listener.as_str(),
+        ))
+        .await
+        .expect("a token minted for the listener is accepted");
+    let for_vault = mint("vault").await;
+    let err = client
+        .post_watchdog(with_token(
+            post("shop", "web-0", "app", pb::Level::Error, "replayed"),
+            for_vault.as_str(),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    let err = client
+        .post_watchdog(with_token(
+            post("shop", "web-0", "app", pb::Level::Error, "forged"),
+            "not-a-token",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    let value = env
+        .get_pod("shop", "web-0")
+        .await
+        .annotations()
+        .get("status.autocrane.io/app")
+        .cloned()
+        .unwrap_or_default();
+    assert!(value.contains("mine"), "{value}");
+}

@@ -1,25 +1,21 @@
-//! Fixtures shared by the end-to-end tests that run a WatchdogListener against kube-sim.
+//! Fixtures shared by the end-to-end tests that run a WatchdogListener against a cluster.
 
-use std::path::PathBuf;
-
+use autocrane_test_support::{ClusterOptions, TestCluster};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
-use kube_sim::KubeSim;
 
-/// kube-sim with pod `default/<pod>` and a kubeconfig for it (in the returned temp dir).
-pub(crate) async fn kube_sim_with_pod(pod: &str) -> (KubeSim, tempfile::TempDir, PathBuf) {
-    let sim = KubeSim::builder().start().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    sim.write_kubeconfig(&kubeconfig).unwrap();
+/// The cluster of `AUTOCRANE_TEST_CLUSTER` with pod `default/<pod>` (no node runs it: the
+/// listener only needs the object).
+pub(crate) async fn cluster_with_pod(pod: &str) -> TestCluster {
+    let cluster = TestCluster::start(ClusterOptions::new()).await;
     let pod: Pod = serde_json::from_value(serde_json::json!({
         "metadata": {"name": pod},
         "spec": {"containers": [{"name": "web", "image": "x"}]}
     }))
     .unwrap();
-    Api::<Pod>::namespaced(sim.client(), "default")
+    Api::<Pod>::namespaced(cluster.client(), "default")
         .create(&PostParams::default(), &pod)
         .await
         .unwrap();
-    (sim, dir, kubeconfig)
+    cluster
 }

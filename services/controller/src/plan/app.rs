@@ -51,7 +51,14 @@ impl Pass<'_> {
                 Some(v) if Some(v) != stable.1.as_ref() => v.clone(),
                 _ => format!("{BAD_REVISION_PREFIX}{}", t.revision),
             };
-            if !marker.starts_with(BAD_REVISION_PREFIX) {
+            // Only a version that came from the VersionWatcher is quarantined there; a pinned
+            // one has no source to tell (the status's bad list keeps it from being retried).
+            let from_source = self
+                .spec
+                .version
+                .as_ref()
+                .is_some_and(|v| v.source.is_some());
+            if from_source && !marker.starts_with(BAD_REVISION_PREFIX) {
                 self.actions.push(Action::QuarantineAppVersion {
                     version: marker.clone(),
                     reason: rb.message.clone(),
@@ -109,35 +116,19 @@ impl Pass<'_> {
     /// slot in this same pass, so the pod counts convergence decided on hold either way.
     ///
     /// Deletions and restarts can complete a data rollout (the last pod that had not baked goes),
-    /// and a data rollout that completes releases a held app rollout: both are followed here, at
-    /// most once, so the next pass finds nothing left to do.
+    /// and a data rollout that completes releases a held app rollout: that is decided again, once
+    /// (nothing is held then), so the next pass finds nothing left to do.
     pub(super) fn converge(&mut self) {
-        let mut hold = busy(&self.sources);
-        let (decision, restarts, gone) = loop {
-            let decision = self.decide_rollout(hold);
-            let mut gone: BTreeSet<String> = decision
-                .iter()
-                .flat_map(|d| d.deletes.iter().map(|(n, _)| n.clone()))
-                .collect();
-            self.readvance(&gone);
-            let released = |sources: &[SourceDecision]| {
-                decision.as_ref().is_some_and(|d| d.held_for_data) && !busy(sources)
-            };
-            if released(&self.sources) {
-                hold = false;
-                continue;
-            }
-            let restarts = self.choose_restarts(&gone);
-            gone.extend(restarts.restart.iter().cloned());
-            if !restarts.restart.is_empty() {
-                self.readvance(&gone);
-                if released(&self.sources) {
-                    hold = false;
-                    continue;
-                }
-            }
-            break (decision, restarts, gone);
-        };
+        let mut attempt = self.attempt(busy(&self.sources));
+        if attempt.released {
+            attempt = self.attempt(false);
+        }
+        let Attempt {
+            decision,
+            restarts,
+            gone,
+            released: _,
+        } = attempt;
         self.live = without(&self.live, &gone);
         if let Some(decision) = &decision {
             for (pod, why) in decision.deletes.iter().cloned() {
@@ -153,6 +144,35 @@ impl Pass<'_> {
         self.restarts = restarts;
     }
 
+    /// Steps 4 and 5 once, the app rollout held for data or not, moving the data rollouts over
+    /// the pods that stay. Stops early (`released`) when the deletions or restarts complete the
+    /// data rollout that held a new app rollout.
+    fn attempt(&mut self, hold: bool) -> Attempt {
+        let decision = self.decide_rollout(hold);
+        let mut gone: BTreeSet<String> = decision
+            .iter()
+            .flat_map(|d| d.deletes.iter().map(|(n, _)| n.clone()))
+            .collect();
+        self.readvance(&gone);
+        let released = |sources: &[SourceDecision]| {
+            decision.as_ref().is_some_and(|d| d.held_for_data) && !busy(sources)
+        };
+        let mut restarts = FailingDecision::default();
+        if !released(&self.sources) {
+            restarts = self.choose_restarts(&gone);
+            gone.extend(restarts.restart.iter().cloned());
+            if !restarts.restart.is_empty() {
+                self.readvance(&gone);
+            }
+        }
+        Attempt {
+            released: released(&self.sources),
+            decision,
+            restarts,
+            gone,
+        }
+    }
+
     /// Step 5: restarted pods are deleted and each is replaced (in its slot, by
     /// [`Pass::create_pods`]) as a pod of the stable revision; the restart history is kept.
     pub(super) fn restart(&mut self) {
@@ -163,7 +183,9 @@ impl Pass<'_> {
             });
         }
         let count = self.restarts.restart.len();
-        if let (Some((stable, _)), true) = (&self.stable_target, count > 0) {
+        if let Some((stable, _)) = &self.stable_target
+            && !self.restarts.restart.is_empty()
+        {
             match self.creates.iter_mut().find(|c| c.0 == stable.0) {
                 Some(entry) => entry.2 += count,
                 None => self
@@ -235,4 +257,17 @@ pub(super) fn busy(sources: &[SourceDecision]) -> bool {
             Some(DataStage::Canary | DataStage::Promoted)
         )
     })
+}
+
+/// One attempt at steps 4 and 5 (see [`Pass::converge`]).
+#[derive(Debug)]
+struct Attempt {
+    /// The app rollout's decision (`None` without a stable revision).
+    decision: Option<RolloutDecision>,
+    /// The failing limit's decision (none when `released`).
+    restarts: FailingDecision,
+    /// Pods this attempt deletes or restarts.
+    gone: BTreeSet<String>,
+    /// The app rollout was held for a data rollout that this attempt completed.
+    released: bool,
 }

@@ -229,24 +229,16 @@ pub(super) fn name_pods(
         reuse.sort();
         reuse.dedup();
         let mut reuse = reuse.into_iter();
-        let mut index = 0usize;
+        let mut fresh = (0usize..).map(|index| format!("{deployment}-{revision}-{index}"));
         for _ in 0..count {
-            let slot = reuse.next().unwrap_or_else(|| {
-                loop {
-                    let candidate = format!("{deployment}-{revision}-{index}");
-                    index += 1;
-                    if !used.contains(&candidate) {
-                        break candidate;
-                    }
-                }
-            });
+            let slot = reuse
+                .next()
+                .unwrap_or_else(|| first_free(fresh.by_ref(), &used));
             used.insert(slot.clone());
-            let mut name = slot.clone();
-            let mut k = 1;
-            while names.contains(&name) {
-                name = format!("{slot}-{k}");
-                k += 1;
-            }
+            let name = first_free(
+                std::iter::once(slot.clone()).chain((1usize..).map(|k| format!("{slot}-{k}"))),
+                &names,
+            );
             names.insert(name.clone());
             out.push(Action::CreatePod {
                 name,
@@ -258,6 +250,15 @@ pub(super) fn name_pods(
         }
     }
     out
+}
+
+/// The first of `candidates` (an endless supply of distinct names) that `taken` does not hold:
+/// one among the first `taken.len() + 1`, so the search is bounded.
+fn first_free(candidates: impl Iterator<Item = String>, taken: &BTreeSet<String>) -> String {
+    candidates
+        .take(taken.len() + 1)
+        .find(|candidate| !taken.contains(candidate))
+        .unwrap_or_default()
 }
 
 fn pins(old: &[DataSourceStatus], new: &[DataSourceStatus]) -> Vec<Action> {

@@ -306,3 +306,63 @@ fn a_data_rollout_reports_synced_to_applied_once() {
         .unwrap();
     assert_eq!(seen[0].at, last_applied);
 }
+
+/// The synced → applied reaction comes in the pass that sees the last pod apply the new version,
+/// and in no other.
+#[test]
+fn synced_to_applied_is_reported_when_the_last_pod_applies() {
+    let mut world = mid_data_rollout();
+    world.sources.insert(
+        "d".into(),
+        DataSourceInfo {
+            source_id: None,
+            synced_at: [("b".to_string(), t(-1))].into(),
+        },
+    );
+    let mut reported = 0;
+    for _ in 0..60 {
+        let before = world.status().data[0].current.clone();
+        let plan = world.step();
+        let now_current = plan.status.data[0].current.clone();
+        let seen = plan
+            .reactions
+            .iter()
+            .filter(|r| r.kind == ReactionKind::DataSyncedToApplied)
+            .count();
+        let completes = before.as_deref() != Some("b") && now_current.as_deref() == Some("b");
+        assert_eq!(seen, usize::from(completes), "at {:?}", world.now);
+        reported += seen;
+        world.kubelet();
+        world.tick(5);
+    }
+    assert_eq!(world.status().data[0].lkg.as_deref(), Some("b"));
+    assert_eq!(reported, 1);
+}
+
+/// A version that failed earlier does not keep a later good rollout from being reported.
+#[test]
+fn synced_to_applied_is_reported_after_an_earlier_version_failed() {
+    let mut world = World::running(deployment().pinned("v1").data_source("d").canary(25, 60));
+    world.data.insert("d".into(), vec!["a".into()]);
+    world.settle(40);
+    world.broken_data.insert("c".into());
+    world.data.insert("d".into(), vec!["c".into(), "a".into()]);
+    world.settle(40);
+    assert_eq!(world.status().data[0].bad[0].version, "c");
+    assert_eq!(world.status().data[0].lkg.as_deref(), Some("a"));
+    world.sources.insert(
+        "d".into(),
+        DataSourceInfo {
+            source_id: None,
+            synced_at: [("b".to_string(), t(-1))].into(),
+        },
+    );
+    world
+        .data
+        .insert("d".into(), vec!["b".into(), "c".into(), "a".into()]);
+    world.settle(60);
+    assert_eq!(world.status().data[0].lkg.as_deref(), Some("b"));
+    let seen = reactions(&world, ReactionKind::DataSyncedToApplied);
+    assert_eq!(seen.len(), 1, "{:?}", world.reactions);
+    assert_eq!(seen[0].since, t(-1));
+}

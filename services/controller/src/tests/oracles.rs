@@ -26,6 +26,16 @@ pub(super) struct Ledger {
 impl Ledger {
     /// Notes what `plan`, planned at `world.now` over `world.pods`, did.
     pub(super) fn record(&mut self, world: &World, plan: &Plan) {
+        // Rolled back: quarantined in the VersionWatcher (a followed source) or only listed as
+        // bad (a pinned version).
+        for bad in &plan.status.bad_versions {
+            if !bad
+                .version
+                .starts_with(crate::revision::BAD_REVISION_PREFIX)
+            {
+                self.rolled_back.insert(bad.version.clone());
+            }
+        }
         for action in &plan.actions {
             match action {
                 Action::QuarantineAppVersion { version, .. } => {

@@ -144,10 +144,13 @@ fn new_pod_in_error_past_threshold_rolls_back_and_quarantines() {
     assert_eq!(plan.requeue_after, Some(StdDuration::from_secs(30)));
     world.tick(30);
     let plan = world.step();
-    assert!(plan.actions.contains(&Action::QuarantineAppVersion {
-        version: "v2".into(),
-        reason: plan.status.bad_versions[0].reason.clone()
-    }));
+    assert!(
+        !plan
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::QuarantineAppVersion { .. })),
+        "a pinned version has no VersionWatcher source to quarantine it in"
+    );
     assert!(plan.actions.iter().any(|a| matches!(
         a,
         Action::DeletePod {
@@ -240,6 +243,32 @@ fn rolled_back_template_change_is_not_retried() {
         reason::VERSION_QUARANTINED
     );
     assert!(world.plan().actions.is_empty());
+}
+
+#[test]
+fn a_failing_version_from_the_source_is_quarantined_in_the_version_watcher() {
+    let mut world = World::running(deployment().replicas(2).followed().failing(30, 1, 3, 3600));
+    world.offered.candidates = vec!["v1".into()];
+    world.settle(10);
+    assert_eq!(world.on_version("v1"), 2);
+    world.broken_versions.insert("v2".into());
+    world.offered.candidates = vec!["v2".into(), "v1".into()];
+    world.step();
+    world.kubelet();
+    world.step();
+    world.tick(30);
+    let plan = world.step();
+    assert!(
+        plan.actions.contains(&Action::QuarantineAppVersion {
+            version: "v2".into(),
+            reason: plan.status.bad_versions[0].reason.clone()
+        }),
+        "{:?}",
+        plan.actions
+    );
+    world.settle(20);
+    assert_eq!(world.on_version("v2"), 0);
+    assert_eq!(world.on_version("v1"), 2);
 }
 
 #[test]
@@ -435,4 +464,97 @@ fn rolled_back_clears_after_a_later_rollout_completes() {
         (c.status.as_str(), c.reason.as_str()),
         ("False", reason::NO_ROLLBACK)
     );
+}
+
+/// A rollout that starts from a steady state supersedes nothing; one that replaces an unfinished
+/// rollout says so, in the pass that replaces it.
+#[test]
+fn only_an_unfinished_rollout_is_reported_superseded() {
+    let mut world = World::running(pinned("v1").steps(&[(50, 600), (100, 0)]));
+    let reasons =
+        |plan: &crate::model::Plan| -> Vec<&str> { plan.events.iter().map(|e| e.reason).collect() };
+    world.acd.spec.version.as_mut().unwrap().pinned = Some("v2".into());
+    let plan = world.step();
+    assert_eq!(reasons(&plan), [reason::ROLLOUT_STARTED]);
+    world.kubelet();
+    world.acd.spec.version.as_mut().unwrap().pinned = Some("v3".into());
+    let plan = world.step();
+    assert_eq!(
+        reasons(&plan),
+        [reason::ROLLOUT_SUPERSEDED, reason::ROLLOUT_STARTED]
+    );
+}
+
+/// RolledBack stays True while a later rollout runs, and clears only when one completes.
+#[test]
+fn rolled_back_stays_while_a_later_rollout_is_in_progress() {
+    let mut world = World::running(pinned("v1").failing(10, 1, 3, 3600));
+    world.broken_versions.insert("v2".into());
+    world.acd.spec.version.as_mut().unwrap().pinned = Some("v2".into());
+    world.settle(20);
+    assert_eq!(world.condition(condition::ROLLED_BACK).status, "True");
+    world.acd.spec.version.as_mut().unwrap().pinned = Some("v3".into());
+    let plan = world.step();
+    assert!(
+        plan.events
+            .iter()
+            .any(|e| e.reason == reason::ROLLOUT_STARTED)
+    );
+    let c = world.condition(condition::ROLLED_BACK);
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("True", reason::NEW_PODS_FAILING)
+    );
+}
+
+/// With no replicas wanted and none running there is nothing to wait for: Available, not Pending.
+#[test]
+fn a_deployment_of_zero_replicas_is_available() {
+    let mut world = World::new(pinned("v1").replicas(0));
+    let plan = world.step();
+    assert!(plan.actions.is_empty());
+    assert_eq!(plan.status.phase, Some(Phase::Available));
+}
+
+/// `status.replicas` and its siblings count the pods present: neither terminating nor finished.
+#[test]
+fn status_counts_only_pods_present() {
+    let acd = pinned("v1").build();
+    let revision = pinned("v1").rev(Some("v1"));
+    let on = |name: &str| pod(name).revision(&revision).version("v1");
+    let pods = [
+        on("serving").build(),
+        on("terminating").deleting().build(),
+        on("done").phase(crate::model::PodPhase::Failed).build(),
+    ];
+    let status = plan_for(&acd, &pods, &[], t(0)).status;
+    assert_eq!(
+        (
+            status.replicas,
+            status.ready_replicas,
+            status.healthy_replicas
+        ),
+        (1, 1, 1)
+    );
+}
+
+/// `status.updatedReplicas` counts the pods of the target revision, and never pods of a bad
+/// version (here the running version, quarantined with nothing to move to).
+#[test]
+fn updated_replicas_are_the_good_pods_of_the_target_revision() {
+    let mut world = World::running(pinned("v1"));
+    world.acd.spec.version.as_mut().unwrap().pinned = Some("v2".into());
+    world.step();
+    world.kubelet();
+    let status = world.step().status;
+    assert_eq!((status.replicas, status.updated_replicas), (5, 1));
+
+    let mut world = World::new(deployment().replicas(2).followed());
+    world.offered.candidates = vec!["v1".into()];
+    world.settle(10);
+    assert_eq!(world.status().updated_replicas, 2);
+    world.offered.quarantined = ["v1".into()].into();
+    let status = world.step().status;
+    assert_eq!(status.target_version.as_deref(), Some("v1"));
+    assert_eq!((status.replicas, status.updated_replicas), (2, 0));
 }

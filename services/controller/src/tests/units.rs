@@ -11,7 +11,7 @@ use super::builders::*;
 use crate::data_oracle;
 use crate::failing::{self, in_flight};
 use crate::model::{DeleteReason, PodPhase, PodView, Timestamp, Wakeup};
-use crate::rollout::{Budget, converge, step_count};
+use crate::rollout::{Budget, converge, step_count, step_done};
 
 fn budget(replicas: usize, surge: usize, max_unavailable: usize) -> Budget {
     Budget {
@@ -400,4 +400,110 @@ fn with_nothing_to_hold_annotations_are_cleared() {
     );
     assert_eq!(decision.clear, ["p1"]);
     assert!(decision.set.is_empty());
+}
+
+/// Among unavailable pods a scale-down takes the failing one before one still starting (which may
+/// be the replacement of a restart), even when the failing pod is the older.
+#[test]
+fn converge_removes_a_failing_pod_before_a_starting_one() {
+    let pods = [
+        pod("failing").health(Error, t(0)).created(t(0)).build(),
+        pod("starting").not_ready().created(t(50)).build(),
+        pod("serving").build(),
+    ];
+    let live: Vec<&PodView> = pods.iter().collect();
+    let revision = pods[0].revision.clone();
+    let (_, deletes) = converge(&live, &[(revision, None, 2)], budget(2, 0, 0));
+    assert_eq!(deletes, [("failing".to_string(), DeleteReason::ScaleDown)]);
+}
+
+/// Pods in `error` take no surge room: with 3 replicas, surge 1 and three old pods the floor keeps,
+/// one new pod may start beside a failing new pod — one, not more.
+#[test]
+fn pods_in_error_use_no_surge_room() {
+    let pods = [
+        pod("new-failing")
+            .revision("new")
+            .health(Error, t(0))
+            .build(),
+        pod("old-1").revision("old").build(),
+        pod("old-2").revision("old").build(),
+        pod("old-3").revision("old").build(),
+    ];
+    let live: Vec<&PodView> = pods.iter().collect();
+    let desired = [("new".to_string(), None, 3), ("old".to_string(), None, 0)];
+    let (creates, deletes) = converge(&live, &desired, budget(3, 1, 0));
+    assert!(deletes.is_empty(), "every old pod is needed for the floor");
+    assert_eq!(creates, [("new".to_string(), None, 1)]);
+}
+
+/// The surge room goes to the revisions in the order given (the most important first), and what
+/// one takes the next cannot.
+#[test]
+fn surge_room_goes_to_the_most_important_revision_first() {
+    let desired = [("new".to_string(), None, 1), ("old".to_string(), None, 4)];
+    let (creates, deletes) = converge(&[], &desired, budget(3, 1, 0));
+    assert!(deletes.is_empty());
+    assert_eq!(
+        creates,
+        [("new".to_string(), None, 1), ("old".to_string(), None, 3)],
+        "4 pods at most: one new, three old"
+    );
+}
+
+/// A step is done only once the stable pods are down to the rest of the replicas, however well
+/// the new pods baked.
+#[test]
+fn a_step_is_done_when_the_stable_pods_are_down_to_the_rest() {
+    let done = |replicas: usize, new: usize, old: usize| {
+        let pods: Vec<PodView> = (0..new)
+            .map(|i| pod(&format!("new-{i}")).revision("new").build())
+            .chain((0..old).map(|i| pod(&format!("old-{i}")).revision("old").build()))
+            .collect();
+        let live: Vec<&PodView> = pods.iter().collect();
+        let wanted = step_count(50, replicas);
+        let mut wake = Wakeup::new(t(100));
+        step_done(
+            &live,
+            "new",
+            "old",
+            wanted,
+            replicas,
+            std::time::Duration::from_secs(60),
+            t(100),
+            &mut wake,
+        )
+    };
+    assert!(done(10, 5, 5), "5 new and 5 old of 10 at 50%");
+    assert!(!done(10, 5, 6), "one old pod too many");
+    assert!(!done(4, 2, 4), "the old pods are still all there");
+    assert!(done(4, 2, 2));
+}
+
+/// `advance` moves a data rollout through every stage the pods already allow in one call: a
+/// canary that is every pod and has baked is promoted and becomes last-known-good at once.
+#[test]
+fn a_baked_canary_on_every_pod_becomes_lkg_in_one_step() {
+    let config = DataRollout {
+        canary_percent: 25,
+        bake: Duration::from_secs(60),
+        ..DataRollout::default()
+    };
+    let old = DataSourceStatus {
+        name: "d".into(),
+        lkg: Some("a".into()),
+        current: Some("a".into()),
+        target: Some("b".into()),
+        stage: Some(autocrane_api::crd::DataStage::Canary),
+        stage_started_at: Some(Time(t(0))),
+        ..Default::default()
+    };
+    let pods = [pod("only").on("d", "b", t(0)).build()];
+    let live: Vec<&PodView> = pods.iter().collect();
+    let mut wake = Wakeup::new(t(100));
+    let status = data_oracle::advance(&config, &old, &live, t(100), &mut wake).status;
+    assert_eq!(
+        (status.lkg.as_deref(), status.target, status.stage),
+        (Some("b"), None, None)
+    );
 }

@@ -422,6 +422,11 @@ impl BinaryWatcher {
             .expect("the watcher did not exit within 30 s of SIGTERM")
     }
 
+    /// SIGKILL: a crash, with no chance to flush or clean up.
+    pub(crate) fn kill(mut self) {
+        self.process.kill();
+    }
+
     /// Peak resident set size (VmHWM) in KiB.
     pub(crate) fn peak_rss_kib(&self) -> u64 {
         let status =
