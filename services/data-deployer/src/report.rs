@@ -57,13 +57,7 @@ impl Reporter {
         });
         request.set_timeout(Duration::from_secs(10));
         if let Some(path) = &self.token_file {
-            let token = tokio::fs::read_to_string(path)
-                .await
-                .map_err(|e| format!("reading the token file {}: {e}", path.display()))?;
-            let value = format!("Bearer {}", token.trim())
-                .parse()
-                .map_err(|_| "the token is not a valid header value".to_string())?;
-            request.metadata_mut().insert("authorization", value);
+            autocrane_runtime::client::authorize_from_file(&mut request, path).await?;
         }
         self.client
             .clone()

@@ -52,3 +52,19 @@ pub async fn connect(
         })?;
     Ok(TracedChannel::new(channel))
 }
+
+/// Sets `authorization: Bearer <token>` on `request` from the token in `path`, read now: projected
+/// ServiceAccount tokens rotate, so callers re-read the file before every call.
+pub async fn authorize_from_file<T>(
+    request: &mut tonic::Request<T>,
+    path: &std::path::Path,
+) -> Result<(), String> {
+    let token = tokio::fs::read_to_string(path)
+        .await
+        .map_err(|e| format!("reading the token file {}: {e}", path.display()))?;
+    let value = format!("Bearer {}", token.trim())
+        .parse()
+        .map_err(|_| "the token is not a valid header value".to_string())?;
+    request.metadata_mut().insert("authorization", value);
+    Ok(())
+}
