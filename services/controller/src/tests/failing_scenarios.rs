@@ -100,6 +100,36 @@ fn at_most_max_concurrent_restarts_at_once() {
     );
 }
 
+/// Found by the property test in CI: two replacements that were Ready go unready and fail again.
+/// Each looks like a restart still in flight, so each slot seemed already down and both were
+/// deleted in one pass, with `maxConcurrentRestarts` 1.
+#[test]
+fn replacements_failing_again_are_restarted_one_per_pass_at_most() {
+    let mut world = world();
+    for index in 0..2 {
+        fail(&mut world, index);
+        world.tick(60);
+        let plan = world.step();
+        assert_eq!(restarts(&plan).len(), 1, "restart of pod {index}");
+        world.kubelet();
+        world.step();
+        // The replacement is the last pod; put it where the failing one was.
+        let last = world.pods.pop().unwrap();
+        world.pods.insert(index, last);
+    }
+    for index in 0..2 {
+        fail(&mut world, index);
+        world.pods[index].ready_since = None;
+    }
+    world.tick(60);
+    let plan = world.step();
+    assert_eq!(
+        restarts(&plan).len(),
+        1,
+        "two slots seem in flight, yet one pass restarts at most maxConcurrentRestarts pods"
+    );
+}
+
 #[test]
 fn per_pod_budget_exhausted_degrades_and_kills_nothing_more() {
     let mut world = world();

@@ -8,7 +8,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use proptest::prelude::*;
 
 use super::builders::World;
-use crate::model::{Action, DeleteReason, Plan, PodPhase, PodView, Timestamp, elapsed};
+use crate::model::{Action, DeleteReason, Health, Plan, PodPhase, PodView, Timestamp, elapsed};
 
 /// What the harness itself saw the planner do, kept apart from the planner's status so the
 /// promises are judged by an independent record: a planner that forgot to record a rollback or a
@@ -61,7 +61,8 @@ impl Ledger {
 
     /// Slots the harness saw restarted within `window` whose replacement has not come up yet:
     /// a replacement (a pod of the slot created since the restart) is starting, or none exists
-    /// and the restarted pod is still terminating. A Ready replacement ends it.
+    /// and the restarted pod is still terminating. A Ready replacement ends it, and so does one
+    /// in error: it has started (a Ready pod gone unready while failing looks the same).
     pub(super) fn down(
         &self,
         pods: &[PodView],
@@ -86,8 +87,10 @@ impl Ledger {
                 if replacements.is_empty() {
                     !in_slot.is_empty()
                 } else {
-                    let up = |p: &&&PodView| !p.deleting && p.ready_since.is_some();
-                    let starting = |p: &&&PodView| !p.deleting && p.ready_since.is_none();
+                    let up = |p: &&&PodView| {
+                        !p.deleting && (p.ready_since.is_some() || p.health == Health::Error)
+                    };
+                    let starting = |p: &&&PodView| !p.deleting && !up(p);
                     !replacements.iter().any(up) && replacements.iter().any(starting)
                 }
             })

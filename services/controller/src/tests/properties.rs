@@ -141,7 +141,14 @@ fn check_plan(world: &World, plan: &Plan) -> Result<(), TestCaseError> {
             )
         })
         .count();
-    prop_assert!(restarts <= usize::try_from(limit.max_concurrent_restarts).unwrap());
+    prop_assert!(
+        restarts <= usize::try_from(limit.max_concurrent_restarts).unwrap(),
+        "{restarts} restarts in one pass, maxConcurrentRestarts {}; pods {:#?}; records {:#?}; actions {:#?}",
+        limit.max_concurrent_restarts,
+        world.pods,
+        world.acd.status.as_ref().map(|s| &s.restarts),
+        plan.actions
+    );
     for record in &plan.status.restarts {
         let same = plan
             .status
@@ -289,7 +296,8 @@ fn apply_event(world: &mut World, ev: &Ev, versions: &mut usize, data: &mut [usi
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    // 256 cases unless PROPTEST_CASES says otherwise (20000 for a longer search).
+    #![proptest_config(ProptestConfig::default())]
 
     /// Every invariant, after every pass; re-planning right after applying a plan does nothing;
     /// and once the fleet is left alone, no pod runs a version that was rolled back. When the

@@ -207,6 +207,17 @@ fn a_restart_is_in_flight_until_its_replacement_is_ready() {
         "the replacement is Ready"
     );
     assert_eq!(
+        in_flight_of(
+            t100,
+            &[
+                original().deleting().build(),
+                replacement().not_ready().health(Error, t100).build()
+            ]
+        ),
+        0,
+        "the replacement reports errors: it has started (a Ready pod gone unready looks the same)"
+    );
+    assert_eq!(
         in_flight_of(t100, &[replacement().not_ready().deleting().build()]),
         0,
         "the replacement itself is going away"
@@ -309,6 +320,42 @@ fn a_replacement_deleted_by_this_pass_frees_its_restart_slot() {
     };
     assert!(decide(&BTreeSet::new()).is_empty(), "slot s is still down");
     assert_eq!(decide(&BTreeSet::from(["s-1".to_string()])), ["f"]);
+}
+
+/// Restarting a pod whose slot is already down takes nothing more down, yet one pass never
+/// deletes more pods than the limit: here two slots are in flight (their replacements starting)
+/// and their restarted pods, still seen live, fail on.
+#[test]
+fn one_pass_restarts_at_most_the_limit_even_in_slots_already_down() {
+    let limit = FailingLimit {
+        error_threshold: Duration::from_secs(0),
+        max_concurrent_restarts: 1,
+        max_restarts_per_pod: 3,
+        window: Duration::from_secs(3600),
+    };
+    let records = ["s", "u"].map(|slot| RestartRecord {
+        pod: slot.into(),
+        at: Time(t(100)),
+    });
+    let pods = [
+        pod("s").created(t(0)).health(Error, t(0)).build(),
+        pod("s-1").slot("s").created(t(100)).not_ready().build(),
+        pod("u").created(t(0)).health(Error, t(0)).build(),
+        pod("u-1").slot("u").created(t(100)).not_ready().build(),
+    ];
+    let live: Vec<&PodView> = pods.iter().collect();
+    let mut wake = Wakeup::new(t(110));
+    let decision = failing::decide(
+        &limit,
+        &pods[0].revision,
+        &live,
+        &pods,
+        &BTreeSet::new(),
+        &records,
+        t(110),
+        &mut wake,
+    );
+    assert_eq!(decision.restart, ["s"]);
 }
 
 #[test]
