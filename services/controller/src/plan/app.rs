@@ -119,9 +119,21 @@ impl Pass<'_> {
     /// and a data rollout that completes releases a held app rollout: that is decided again, once
     /// (nothing is held then), so the next pass finds nothing left to do.
     pub(super) fn converge(&mut self) {
+        let before = self.sources.clone();
         let mut attempt = self.attempt(busy(&self.sources));
         if attempt.released {
-            attempt = self.attempt(false);
+            // Decided again from the data rollouts as they were: the second attempt keeps other
+            // pods, and a data rollout may only be complete over the pods that stay. If over
+            // those it is not (the pods that had baked it are the ones the app rollout now
+            // replaces), the first attempt stands: its deletions complete the data rollout, and
+            // the app rollout starts on the next pass.
+            let held = std::mem::replace(&mut self.sources, before);
+            let unheld = self.attempt(false);
+            if busy(&self.sources) {
+                self.sources = held;
+            } else {
+                attempt = unheld;
+            }
         }
         let Attempt {
             decision,
