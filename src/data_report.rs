@@ -79,16 +79,22 @@ impl DataReport {
     }
 
     /// The watchdog message, at most [`MAX_MESSAGE_BYTES`] bytes (a long reason is cut and ends
-    /// with `...`).
+    /// with `...`). A version too long to fit is never cut into another version: the message then
+    /// ends with ` ..` and is not a report at all.
     pub fn format(&self) -> String {
         let mut message = self.to_string();
         if message.len() > MAX_MESSAGE_BYTES {
+            let reason_start = match self {
+                DataReport::Applied { .. } => message.len(),
+                DataReport::Failed { reason, .. } => message.len() - reason.len(),
+            };
             let mut cut = MAX_MESSAGE_BYTES - 3;
             while !message.is_char_boundary(cut) {
                 cut -= 1;
             }
             message.truncate(cut);
-            message.push_str("...");
+            // A version cannot hold whitespace, so the space keeps a cut version from parsing.
+            message.push_str(if cut >= reason_start { "..." } else { " .." });
         }
         message
     }
@@ -189,6 +195,29 @@ mod tests {
         assert!(message.ends_with("..."));
         let parsed = DataReport::parse(Level::Error, &message).unwrap();
         assert_eq!(parsed.version(), "v9");
+    }
+
+    /// Found by `fuzz/fuzz_targets/data_report.rs`: cutting a long message cut into the version,
+    /// so the report named another (shorter) version.
+    #[test]
+    fn a_version_too_long_to_fit_is_never_reported_as_a_shorter_one() {
+        let long = "a".repeat(MAX_MESSAGE_BYTES);
+        for report in [applied(&long), failed(&long, "boom")] {
+            let message = report.format();
+            assert!(message.len() <= MAX_MESSAGE_BYTES, "{}", message.len());
+            assert!(
+                matches!(
+                    DataReport::parse(report.level(), &message),
+                    Err(DataReportError::Shape(_))
+                ),
+                "{message:?}"
+            );
+        }
+        // Cut right after the version: the version survives.
+        let fits = "v".repeat(MAX_MESSAGE_BYTES - "version : ...".len());
+        let report = failed(&fits, "a reason that does not fit");
+        let parsed = DataReport::parse(Level::Error, &report.format()).unwrap();
+        assert_eq!(parsed.version(), fits);
     }
 
     #[test]

@@ -91,14 +91,22 @@ impl FromStr for Duration {
 
 impl fmt::Display for Duration {
     /// Canonical form: the largest units first, zero parts left out (`1h30m`, `90ms`, `0s`).
+    /// The pattern allows at most 9 digits a part, so more hours than that repeat the hour part
+    /// (`999999999h60m` prints as `999999999h1h`, not as the unparseable `1000000000h`).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const MAX_PART: u128 = 999_999_999;
         let mut millis = self.0.as_millis();
         if millis == 0 {
             return f.write_str("0s");
         }
         for (unit, name) in [(3_600_000, "h"), (60_000, "m"), (1_000, "s"), (1, "ms")] {
             if millis >= unit {
-                write!(f, "{}{name}", millis / unit)?;
+                let mut count = millis / unit;
+                while count > MAX_PART {
+                    write!(f, "{MAX_PART}{name}")?;
+                    count -= MAX_PART;
+                }
+                write!(f, "{count}{name}")?;
                 millis %= unit;
             }
         }
@@ -188,6 +196,17 @@ mod tests {
             assert_eq!(value.to_string(), canonical);
             assert_eq!(canonical.parse::<Duration>().unwrap(), value);
         }
+    }
+
+    /// Found by `fuzz/fuzz_targets/duration.rs`: the sum of parts can pass 9 digits of hours.
+    #[test]
+    fn more_hours_than_nine_digits_print_in_parts_that_parse() {
+        let value: Duration = "9991h1m1ms1ms999999999h9h".parse().unwrap();
+        let canonical = value.to_string();
+        assert_eq!(canonical, "999999999h10000h1m2ms");
+        assert_eq!(canonical.parse::<Duration>(), Ok(value));
+        let value: Duration = "999999999h60m".parse().unwrap();
+        assert_eq!(value.to_string(), "999999999h1h");
     }
 
     #[test]

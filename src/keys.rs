@@ -38,6 +38,14 @@ pub const DATA_WATCHDOG_PREFIX: &str = "data-";
 /// The resource name RBAC rules use to grant watchdog access (`watchdogs` in group `autocrane.io`).
 pub const WATCHDOG_RESOURCE: &str = "watchdogs";
 
+/// The resource name RBAC rules use to grant VersionWatcher access (`versions` in group
+/// `autocrane.io`): reads and streams of sources and versions, quarantines.
+pub const VERSIONS_RESOURCE: &str = "versions";
+
+/// The resource name RBAC rules use to grant DataRepository access (`datasources` in group
+/// `autocrane.io`): tracking, reads and streams, fetches, pins.
+pub const DATASOURCES_RESOURCE: &str = "datasources";
+
 /// The pod condition (and readiness gate `conditionType`) the WatchdogListener keeps in step with
 /// the rollup on pods the controller creates: `False` while the pod is in `error`, so Services stop
 /// routing to it at once, before any rollback or restart.

@@ -354,6 +354,46 @@ impl TestCluster {
             .expect("TokenRequest answered with a token")
     }
 
+    /// A token of ServiceAccount `namespace/name` bound to pod `namespace/pod` (the kind the
+    /// kubelet projects into the pod: TokenReview names the pod in `user.extra`), for
+    /// `audience`, one hour. The account and the pod must exist.
+    pub async fn pod_bound_token(
+        &self,
+        namespace: &str,
+        name: &str,
+        pod: &str,
+        audience: &str,
+    ) -> String {
+        let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(self.client(), namespace);
+        let uid = pods
+            .get(pod)
+            .await
+            .unwrap_or_else(|err| panic!("reading pod {namespace}/{pod}: {err}"))
+            .metadata
+            .uid
+            .expect("a stored pod has a uid");
+        let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+            Api::namespaced(self.client(), namespace);
+        let request = json!({
+            "apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+            "spec": {
+                "audiences": [audience],
+                "expirationSeconds": 3600,
+                "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": pod, "uid": uid},
+            },
+        });
+        let issued: k8s_openapi::api::authentication::v1::TokenRequest = accounts
+            .create_subresource("token", name, &PostParams::default(), &request)
+            .await
+            .unwrap_or_else(|err| {
+                panic!("TokenRequest for {namespace}/{name} bound to {pod}: {err}")
+            });
+        issued
+            .status
+            .and_then(|status| status.token)
+            .expect("TokenRequest answered with a token")
+    }
+
     /// `kubectl ARGS…` against this cluster as the administrator: the machine's kubectl on
     /// `sim`, `cluster kubectl` (kubectl of the control plane's version) on `real`.
     pub async fn kubectl(&self, args: &[&str]) -> KubectlOutput {

@@ -101,11 +101,17 @@ pub fn autocrane_bin() -> PathBuf {
 }
 
 /// A binary of this workspace (`autocrane`, `kubelet-sim`, `kube-sim`, …) in the target
-/// directory, after one `cargo build --workspace --all-targets` per test process.
+/// directory, after one `cargo build --workspace --all-targets` per test process. With
+/// `AUTOCRANE_TEST_BIN_DIR` set, the binaries are taken from that directory as they are, nothing
+/// built: for running one suite against binaries built elsewhere (another checkout, a release
+/// build) while this workspace does not build as a whole.
 pub fn workspace_binary(name: &str) -> PathBuf {
     static TARGET: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     let bin = TARGET
         .get_or_init(|| {
+            if let Some(dir) = std::env::var_os("AUTOCRANE_TEST_BIN_DIR") {
+                return PathBuf::from(dir);
+            }
             let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
             let mut command = Command::new(cargo);
             // `cargo test` gives each test process the variables of its own package

@@ -11,7 +11,8 @@ use std::{
 use crate::{Running, eventually, free_port, strings};
 
 /// A VersionWatcher and a DataRepository, started with `autocrane`, logging into the test's
-/// directory.
+/// directory; without a cluster, both run with `--insecure-allow-anonymous` (their
+/// authentication has its own test, `services/data-repository/tests/auth.rs`).
 #[derive(Debug)]
 pub struct DataStack {
     /// The test's directory: logs, the watcher's state, the store; directory sources must lie
@@ -54,6 +55,8 @@ impl DataStack {
                 // Directory sources live under the test's directory; nothing else is readable.
                 "--allow-directory",
                 dir.to_str().unwrap(),
+                // No cluster to review tokens with: the stack's callers send none.
+                "--insecure-allow-anonymous",
             ]),
             dir,
         );
@@ -71,6 +74,7 @@ impl DataStack {
             &vw_url,
             "--allow-directory",
             dir.to_str().unwrap(),
+            "--insecure-allow-anonymous",
         ]);
         args.extend(strings(repo_args));
         let repo = Running::autocrane("data-repository", &args, dir);

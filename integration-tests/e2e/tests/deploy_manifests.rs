@@ -53,21 +53,38 @@ fn rbac_grants_no_wildcards_and_no_secrets() {
 }
 
 #[test]
-fn components_without_kubernetes_access_mount_no_token() {
+fn the_version_watcher_and_data_repository_only_review_their_callers() {
     let docs = documents("rbac.yaml");
-    for account in ["autocrane-version-watcher", "autocrane-data-repository"] {
-        let sa = docs
+    for role in ["autocrane-version-watcher", "autocrane-data-repository"] {
+        let rules = &docs
             .iter()
-            .find(|d| d["kind"] == "ServiceAccount" && d["metadata"]["name"] == account)
-            .unwrap_or_else(|| panic!("{account} missing"));
-        assert_eq!(sa["automountServiceAccountToken"], false, "{account}");
+            .find(|d| d["kind"] == "ClusterRole" && d["metadata"]["name"] == role)
+            .unwrap_or_else(|| panic!("{role} missing"))["rules"];
+        let resources: Vec<&str> = rules
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r["resources"].as_array().unwrap())
+            .map(|r| r.as_str().unwrap())
+            .collect();
+        let mut expected = vec!["tokenreviews", "subjectaccessreviews"];
+        if role == "autocrane-data-repository" {
+            // It calls the VersionWatcher (GetSource, WatchVersions).
+            expected.push("versions");
+        }
+        assert_eq!(resources, expected, "{role}");
     }
 }
 
 #[test]
 fn every_role_is_bound_to_its_service_account() {
     let docs = documents("rbac.yaml");
-    for role in ["autocrane-controller", "autocrane-watchdog-listener"] {
+    for role in [
+        "autocrane-controller",
+        "autocrane-watchdog-listener",
+        "autocrane-version-watcher",
+        "autocrane-data-repository",
+    ] {
         let binding = docs
             .iter()
             .find(|d| d["kind"] == "ClusterRoleBinding" && d["roleRef"]["name"] == role)

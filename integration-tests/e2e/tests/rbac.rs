@@ -2,7 +2,8 @@
 //! by default; the real API server's RBAC authorizer in `scripts/test.sh`'s real pass), then
 //! asked with `kubectl auth can-i --as=system:serviceaccount:autocrane-system:ACCOUNT`: every
 //! request each component makes is allowed, and a set of neighbouring requests it must not make
-//! is refused.
+//! is refused. The RBAC-only resources the AutoCrane servers check (`watchdogs`, `versions`,
+//! `datasources` in `autocrane.io`) are asked with the SubjectAccessReview the servers send.
 
 use autocrane_test_support::{ClusterOptions, TestCluster, workspace_root};
 use k8s_openapi::api::authorization::v1::SubjectAccessReview;
@@ -163,18 +164,78 @@ fn component_questions() -> Vec<Ask> {
         asks.push(ask(&listener, verb, resource, namespace, false));
     }
 
-    // The VersionWatcher and the DataRepository talk to no Kubernetes API.
+    // The VersionWatcher and the DataRepository read nothing from Kubernetes: they review their
+    // callers (TokenReview, SubjectAccessReview) and nothing else.
     for name in [VERSION_WATCHER, DATA_REPOSITORY] {
         let who = account(SYSTEM, name);
+        asks.push(ask(
+            &who,
+            "create",
+            "tokenreviews.authentication.k8s.io",
+            all,
+            true,
+        ));
+        asks.push(ask(
+            &who,
+            "create",
+            "subjectaccessreviews.authorization.k8s.io",
+            all,
+            true,
+        ));
         for (verb, resource, namespace) in [
             ("get", "pods", app),
             ("list", "pods", all),
             ("list", "configmaps", app),
             ("get", "secrets", app),
-            ("create", "tokenreviews.authentication.k8s.io", all),
             ("get", "autocranedeployments.autocrane.io", app),
+            ("create", "serviceaccounts#token", app),
         ] {
             asks.push(ask(&who, verb, resource, namespace, false));
+        }
+    }
+    asks
+}
+
+/// What each component may do on the AutoCrane servers' RBAC-only resources
+/// (`versions.autocrane.io` for the VersionWatcher, `datasources.autocrane.io` for the
+/// DataRepository; both cluster-wide): `(who, verb, resource, expected)`.
+fn server_questions() -> Vec<(String, &'static str, &'static str, bool)> {
+    let controller = account(SYSTEM, CONTROLLER);
+    let repository = account(SYSTEM, DATA_REPOSITORY);
+    let watcher = account(SYSTEM, VERSION_WATCHER);
+    let listener = account(SYSTEM, LISTENER);
+    // The DataDeployer runs as the app's ServiceAccount and needs no grant: its pod-bound token
+    // may GetManifest and Fetch without one.
+    let app_account = account(APP, "web");
+    let mut asks = Vec::new();
+    for verb in [
+        "get", "list", "watch", "create", "update", "patch", "delete",
+    ] {
+        // The controller: WatchVersions and QuarantineVersion; TrackSource, WatchSynced,
+        // PinVersion and UnpinVersion. Never an untrack, a fetch or a plain read.
+        asks.push((
+            controller.clone(),
+            verb,
+            "versions",
+            matches!(verb, "watch" | "update"),
+        ));
+        asks.push((
+            controller.clone(),
+            verb,
+            "datasources",
+            matches!(verb, "create" | "watch" | "update"),
+        ));
+        // The DataRepository resolves (GetSource) and follows (WatchVersions) sources.
+        asks.push((
+            repository.clone(),
+            verb,
+            "versions",
+            matches!(verb, "get" | "watch"),
+        ));
+        asks.push((repository.clone(), verb, "datasources", false));
+        for who in [&watcher, &listener, &app_account] {
+            asks.push((who.clone(), verb, "versions", false));
+            asks.push((who.clone(), verb, "datasources", false));
         }
     }
     asks
@@ -232,15 +293,30 @@ async fn check(cluster: &TestCluster, asks: &[Ask]) {
 /// The WatchdogListener's question for a caller with ServiceAccount `user`'s groups: may it
 /// `verb` `watchdogs.autocrane.io` in `namespace`?
 async fn watchdog_review(cluster: &TestCluster, user: &str, verb: &str, namespace: &str) -> bool {
+    review(cluster, user, verb, "watchdogs", Some(namespace)).await
+}
+
+/// An AutoCrane server's question for a caller with ServiceAccount `user`'s groups: may it
+/// `verb` `<resource>.autocrane.io` (in `namespace`, or cluster-wide)?
+async fn review(
+    cluster: &TestCluster,
+    user: &str,
+    verb: &str,
+    resource: &str,
+    namespace: Option<&str>,
+) -> bool {
     let account_namespace = user.split(':').nth(2).expect("a ServiceAccount user");
+    let mut attributes = json!({"group": "autocrane.io", "resource": resource, "verb": verb});
+    if let Some(namespace) = namespace {
+        attributes["namespace"] = json!(namespace);
+    }
     let review: SubjectAccessReview = serde_json::from_value(json!({
         "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
         "spec": {
             "user": user,
             "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{account_namespace}"),
                        "system:authenticated"],
-            "resourceAttributes": {"group": "autocrane.io", "resource": "watchdogs",
-                                   "verb": verb, "namespace": namespace},
+            "resourceAttributes": attributes,
         },
     }))
     .unwrap();
@@ -267,6 +343,32 @@ async fn cluster_with_rbac() -> TestCluster {
 async fn each_component_may_do_its_job_and_nothing_next_to_it() {
     let cluster = cluster_with_rbac().await;
     check(&cluster, &component_questions()).await;
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_component_may_call_the_autocrane_servers_it_needs_and_nothing_more() {
+    let cluster = cluster_with_rbac().await;
+    // `versions` and `datasources` are no served resources (the servers ask RBAC about them), so
+    // `kubectl auth can-i` cannot name them: ask the SubjectAccessReview the servers ask.
+    let asks = server_questions();
+    let mut wrong = Vec::new();
+    for (who, verb, resource, expected) in &asks {
+        let allowed = review(&cluster, who, verb, resource, None).await;
+        if allowed != *expected {
+            wrong.push(format!(
+                "{who} {verb} {resource}.autocrane.io: {allowed}, expected {expected}"
+            ));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} of {} answers are wrong on {}:\n{}",
+        wrong.len(),
+        asks.len(),
+        cluster.backend().name(),
+        wrong.join("\n")
+    );
     cluster.stop().await;
 }
 

@@ -156,6 +156,14 @@ async fn main() {
         "create: {PODS} pods in {create_secs:.2}s = {create_rate:.0} pods/s | baseline bare hyper echo: {echo_rate:.0} req/s | ratio sim/echo = {:.2}",
         create_rate / echo_rate
     );
+    bench_result(
+        &format!("create {PODS} pods"),
+        create_rate,
+        "pods/s",
+        echo_rate,
+        "bare hyper echo, same client",
+        create_rate / echo_rate,
+    );
 
     // Full list, and the baseline: serialize + deserialize the same 10,000 pods with serde_json.
     let t = Instant::now();
@@ -173,6 +181,14 @@ async fn main() {
         list_secs * 1e3,
         ser_secs * 1e3,
         list_secs / ser_secs
+    );
+    bench_result(
+        &format!("list {PODS} pods"),
+        list_secs * 1e3,
+        "ms",
+        ser_secs * 1e3,
+        "serde_json ser+de of the same pods",
+        list_secs / ser_secs,
     );
 
     // Watch fan-out: 50 watchers from the current rv, 2,000 label updates.
@@ -245,6 +261,14 @@ async fn main() {
         "watch fan-out: {delivered} events to {WATCHERS} watchers in {fan_secs:.2}s = {fan_rate:.0} events/s | baseline serde_json event ser+de: {base_rate:.0} events/s | ratio = {:.2}",
         fan_rate / base_rate
     );
+    bench_result(
+        &format!("watch fan-out to {WATCHERS} watchers"),
+        fan_rate,
+        "events/s",
+        base_rate,
+        "serde_json event ser+de",
+        fan_rate / base_rate,
+    );
 
     // Memory: the simulator's growth for 10,000 stored pods vs holding the same pods as Values.
     let rss_before_base = rss_kib();
@@ -265,4 +289,15 @@ async fn main() {
     println!("final RSS {} MiB", rss_kib() / 1024);
     drop(values);
     sim.shutdown().await;
+}
+
+/// One figure for `scripts/bench.sh`: a `BENCH-RESULT` JSON line (no goal here: figures to watch).
+fn bench_result(figure: &str, value: f64, unit: &str, baseline: f64, what: &str, ratio: f64) {
+    println!(
+        "BENCH-RESULT {}",
+        json!({
+            "bench": "kube-sim", "figure": figure, "value": value, "unit": unit,
+            "baseline": baseline, "baseline_what": what, "ratio": ratio, "goal": null, "met": null,
+        })
+    );
 }

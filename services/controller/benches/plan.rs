@@ -146,6 +146,15 @@ fn report(label: &str, planning: Duration, baseline: Duration) {
         planning.as_secs_f64() * 1e3,
         baseline.as_secs_f64() * 1e3
     );
+    // For scripts/bench.sh (no goal: a figure to watch, lower is better).
+    println!(
+        "BENCH-RESULT {}",
+        serde_json::json!({
+            "bench": "controller-plan", "figure": label.trim(), "value": planning.as_secs_f64() * 1e3,
+            "unit": "ms", "baseline": baseline.as_secs_f64() * 1e3,
+            "baseline_what": "cloning the input fleet", "ratio": ratio, "goal": null, "met": null,
+        })
+    );
 }
 
 fn machine() -> String {

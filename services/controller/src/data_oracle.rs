@@ -84,6 +84,11 @@ fn baked(
     done <= now
 }
 
+/// The app sees a new version when its DataDeployer swaps the live link, a moment before the
+/// DataDeployer's report is written, and both moments are known to the second: an error that
+/// began up to this long before the report is an error on the new version.
+const REPORT_LAG: StdDuration = StdDuration::from_secs(1);
+
 /// A pod that was switched to `version` and reported failure, or went `error` afterwards.
 fn failed_on(pod: &PodView, source: &str, version: &str) -> bool {
     let Some(applied) = pod.data.get(source).and_then(|d| d.applied.as_ref()) else {
@@ -91,7 +96,8 @@ fn failed_on(pod: &PodView, source: &str, version: &str) -> bool {
     };
     applied.version == version
         && desired(pod, source) == Some(version)
-        && (!applied.ok || (pod.health == Health::Error && pod.health_since >= applied.at))
+        && (!applied.ok
+            || (pod.health == Health::Error && after(pod.health_since, REPORT_LAG) >= applied.at))
 }
 
 /// A Running pod that holds `version` as desired, has not reported it (applied or failed), and

@@ -7,9 +7,11 @@
 //! it, and past the cap the deployment is Degraded and nothing more is killed: restarting does not
 //! fix a systemic failure, and killing more would only lose capacity.
 //!
-//! Only pods of the stable revision are restarted. A failing pod of a revision being rolled out is
-//! the rollout's business (it triggers a rollback, not a restart), and pods of a revision being
-//! rolled back are deleted by the rollback — so no failure is counted twice.
+//! Only pods of the stable revision are restarted, their error counted from their latest data
+//! switch when that came later (see [`PodView::error_since_for_restart`]). A failing pod of a
+//! revision being rolled out is the rollout's business (it triggers a rollback, not a restart),
+//! and pods of a revision being rolled back are deleted by the rollback — so no failure is
+//! counted twice.
 
 use std::collections::BTreeSet;
 use std::time::Duration as StdDuration;
@@ -66,10 +68,13 @@ pub fn decide(
 
     let mut failing: Vec<&PodView> = Vec::new();
     for pod in live.iter().filter(|p| p.revision == stable) {
-        if pod.failing_for(threshold, now) {
+        let Some(since) = pod.error_since_for_restart() else {
+            continue;
+        };
+        if elapsed(now, since) >= threshold {
             failing.push(pod);
-        } else if pod.health == Health::Error {
-            wake.at(after(pod.health_since, threshold));
+        } else {
+            wake.at(after(since, threshold));
         }
     }
     failing.sort_by(|a, b| {

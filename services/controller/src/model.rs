@@ -100,6 +100,22 @@ impl PodView {
         self.health == Health::Error && elapsed(now, self.health_since) >= threshold
     }
 
+    /// Since when its `error` counts towards a restart: from its latest data switch when that
+    /// came later than the error (an error raised before the data changed says nothing yet about
+    /// the data it has now: after a data revert, the app gets the time it needs to report on the
+    /// last-known-good version before the failing limit may restart it). `None` when not in
+    /// `error`.
+    pub fn error_since_for_restart(&self) -> Option<Timestamp> {
+        if self.health != Health::Error {
+            return None;
+        }
+        let switched = self
+            .data
+            .values()
+            .filter_map(|d| d.applied.as_ref().map(|a| a.at));
+        Some(switched.fold(self.health_since, Timestamp::max))
+    }
+
     /// Terminated: it will never serve again and only needs deleting.
     pub fn finished(&self) -> bool {
         matches!(self.phase, PodPhase::Succeeded | PodPhase::Failed)

@@ -1,13 +1,19 @@
-//! Data-transfer benchmark: one data set delivered four ways on this machine, in one run, so the
+//! Data-transfer benchmark: one data set delivered five ways on this machine, in one run, so the
 //! ratios are the figures.
 //!
 //! 1. DataRepository → DataDeployer (`init`): full fetch into an empty pod root (manifest, Fetch
 //!    stream, digest verification, cache, materialised version directory, link swap);
 //! 2. nginx (Debian `nginx-light`, own config on 127.0.0.1) + 4 parallel `curl` of the same files;
 //! 3. `git clone` of the same content from `git daemon`;
-//! 4. a 1% change delivered as a delta by the DataDeployer sidecar path: bytes moved vs changed.
+//! 4. a 1% change delivered as a delta by the DataDeployer sidecar path: bytes moved vs changed;
+//! 5. `cp -r` of the same tree: the floor of writing these files at all.
 //!
-//! Run: `cargo build -p autocrane && cargo run -p autocrane-data-deployer --example data_transfer`
+//! Run from release builds: `scripts/bench.sh --only data-transfer`, or by hand
+//! `cargo build --release -p autocrane && AUTOCRANE_TEST_BIN_DIR=target/release cargo run --release
+//! -p autocrane-data-deployer --example data_transfer`. Prints `BENCH-RESULT` lines for
+//! `scripts/bench.sh`: throughput beside nginx + curl (goal >= 1.0x) and `cp -r` (>= 0.6x), delta
+//! bytes beside changed bytes (<= 1.1x).
+//!
 //! Size: `BENCH_FILES` (default 1000) files of `BENCH_FILE_BYTES` (default 1 GiB / 1000) random
 //! bytes. Every step has a time bound (`BENCH_STEP_TIMEOUT_SECS`, default 600).
 //!
@@ -293,8 +299,61 @@ async fn main() {
         100.0 * moved as f64 / total as f64
     );
 
+    // 5. `cp -r` of the same tree on the same disk: the floor of writing these files at all.
+    let copy = dir.join("cp-copy");
+    let started = Instant::now();
+    let copied = Command::new("cp")
+        .arg("-r")
+        .arg(&v1)
+        .arg(&copy)
+        .status()
+        .expect("running cp -r");
+    let cp_time = started.elapsed();
+    assert!(copied.success(), "cp -r failed");
+    println!(
+        "cp -r of the same tree: {cp_time:.2?} ({:.0} MiB/s)",
+        mib_per_s(total, cp_time)
+    );
+
     println!();
     println!("## Ratios (same run, same machine)");
+    // For scripts/bench.sh: throughput ratios, higher is better; the goals are issue 14's.
+    let result = |figure: &str, value: f64, unit: &str, baseline: f64, what: &str, goal: f64| {
+        let ratio = value / baseline;
+        println!(
+            "BENCH-RESULT {}",
+            serde_json::json!({
+                "bench": "data-transfer", "figure": figure, "value": value, "unit": unit,
+                "baseline": baseline, "baseline_what": what, "ratio": ratio,
+                "goal": format!(">= {goal}x"), "met": ratio >= goal,
+            })
+        );
+    };
+    result(
+        "DataRepository -> DataDeployer full fetch",
+        mib_per_s(total, deployer_time),
+        "MiB/s",
+        mib_per_s(total, curl_time),
+        "nginx + 4 curl",
+        1.0,
+    );
+    result(
+        "DataRepository -> DataDeployer full fetch",
+        mib_per_s(total, deployer_time),
+        "MiB/s",
+        mib_per_s(total, cp_time),
+        "cp -r",
+        0.6,
+    );
+    println!(
+        "BENCH-RESULT {}",
+        serde_json::json!({
+            "bench": "data-transfer", "figure": "delta fetch of a 1% change", "value": moved as f64,
+            "unit": "bytes moved", "baseline": changed as f64, "baseline_what": "bytes changed",
+            "ratio": moved as f64 / changed as f64, "goal": "<= 1.1x",
+            "met": (moved as f64 / changed as f64) <= 1.1,
+        })
+    );
     println!(
         "DataDeployer full fetch / nginx+curl time: {:.2}x",
         deployer_time.as_secs_f64() / curl_time.as_secs_f64()

@@ -61,6 +61,11 @@ pub struct Args {
     /// File holding the bearer token for the WatchdogListener (a projected ServiceAccount token).
     #[arg(long, env = "AUTOCRANE_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+    /// File holding the bearer token for the DataRepository (a projected ServiceAccount token of
+    /// audience `autocrane-data-repository`; re-read on every call, as the kubelet rotates it);
+    /// unset sends none.
+    #[arg(long, env = "AUTOCRANE_DATA_REPOSITORY_TOKEN_FILE")]
+    pub data_repository_token_file: Option<PathBuf>,
     /// This pod's namespace (downward API), for the watchdog.
     #[arg(long, env = "POD_NAMESPACE", default_value = "")]
     pub pod_namespace: String,
@@ -164,6 +169,7 @@ pub async fn run(args: Args, process: Process) -> Result<(), Error> {
         client_tls,
         watchdog_listener,
         token_file,
+        data_repository_token_file,
         pod_namespace,
         pod_name,
         notify_url,
@@ -181,7 +187,11 @@ pub async fn run(args: Args, process: Process) -> Result<(), Error> {
         .initial_stream_window_size(Some(16 << 20))
         .initial_connection_window_size(Some(32 << 20))
         .max_frame_size(Some(4 << 20));
-    let channel = TracedChannel::new(endpoint.connect_lazy());
+    let channel = TracedChannel::new(endpoint.connect_lazy()).with_token(
+        data_repository_token_file
+            .as_deref()
+            .map(client::TokenFile::new),
+    );
     let cache = cache::Cache::open(&cache.unwrap_or_else(|| root.join(".cache")))
         .map_err(Error::OpenCache)?;
     let notify = match (notify_url, notify_signal) {

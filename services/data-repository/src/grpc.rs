@@ -4,11 +4,16 @@
 
 use std::{collections::HashSet, pin::Pin, sync::Arc, time::Duration};
 
+use autocrane_api::keys::{DATASOURCES_RESOURCE, GROUP};
 use autocrane_api::proto::{
     data_v1::{self as pb, data_repository_server::DataRepository},
     version_v1::GetSourceRequest,
 };
-use autocrane_runtime::{shutdown::Shutdown, upstream::local_dirs::AllowedDirectories};
+use autocrane_runtime::{
+    auth::{self, Authorizer, Caller, Resource, Scope, Verb},
+    shutdown::Shutdown,
+    upstream::local_dirs::AllowedDirectories,
+};
 use futures::Stream;
 use tokio::{io::AsyncReadExt, sync::Semaphore, sync::mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -32,6 +37,9 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 pub fn status(err: Error) -> Status {
     match err {
         Error::Invalid(_) => Status::invalid_argument(err.to_string()),
+        Error::Auth(auth) => {
+            auth::status(&auth).unwrap_or_else(|| Status::internal(auth.to_string()))
+        }
         Error::UnknownSource { .. }
         | Error::NotTracked { .. }
         | Error::UnknownVersion { .. }
@@ -51,6 +59,7 @@ pub fn status(err: Error) -> Status {
         | Error::WriteStore(_)
         | Error::Serve(_)
         | Error::OpenStore(_)
+        | Error::SetUpAuth(_)
         | Error::VersionWatcher(_) => Status::internal(err.to_string()),
     }
 }
@@ -61,9 +70,57 @@ impl From<Error> for Status {
     }
 }
 
+/// The RBAC resource every call is checked against: `datasources.autocrane.io`, cluster-wide (a
+/// source is not namespaced).
+pub const DATASOURCES: Resource = Resource {
+    group: GROUP,
+    resource: DATASOURCES_RESOURCE,
+};
+
+/// The RPCs of the service, for [`verb`] and [`scope`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub enum Rpc {
+    TrackSource,
+    UntrackSource,
+    ListSources,
+    ListDataVersions,
+    WatchSynced,
+    GetManifest,
+    Fetch,
+    PinVersion,
+    UnpinVersion,
+}
+
+/// The RBAC verb of each RPC: tracking creates and deletes a source, pins change it, everything
+/// else reads.
+pub fn verb(rpc: Rpc) -> Verb {
+    match rpc {
+        Rpc::TrackSource => Verb::Create,
+        Rpc::UntrackSource => Verb::Delete,
+        Rpc::ListSources | Rpc::ListDataVersions => Verb::List,
+        Rpc::WatchSynced => Verb::Watch,
+        Rpc::GetManifest | Rpc::Fetch => Verb::Get,
+        Rpc::PinVersion | Rpc::UnpinVersion => Verb::Update,
+    }
+}
+
+/// What a caller may do without RBAC: a pod-bound token (the DataDeployer in an app's pod) may
+/// read manifests and fetch, which is all a DataDeployer does, so app ServiceAccounts need no
+/// grant on `datasources`. Anything else a pod-bound token asks goes to RBAC like any identity:
+/// the controller's and the DataRepository's own in-cluster tokens are pod-bound too, and their
+/// grants are what lets them pin and track.
+pub fn scope(caller: &Caller, rpc: Rpc) -> Scope {
+    match (caller.bound_pod(), rpc) {
+        (Some(_), Rpc::GetManifest | Rpc::Fetch) => Scope::Allow,
+        _ => Scope::Rbac,
+    }
+}
+
 /// The service.
 #[derive(Clone, Debug)]
 pub struct Service {
+    auth: Arc<Authorizer>,
     store: Store,
     followers: Followers,
     shutdown: Shutdown,
@@ -73,19 +130,33 @@ pub struct Service {
     directories: AllowedDirectories,
 }
 
+/// How much the Fetch streams may take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FetchLimits {
+    /// Concurrent Fetch streams; more get RESOURCE_EXHAUSTED.
+    pub max_fetches: usize,
+    /// Bytes per second one stream may send; 0 means unlimited.
+    pub bytes_per_second: u64,
+}
+
 impl Service {
-    /// A service over `store`, allowing `max_fetches` concurrent Fetch streams, each sending at most
-    /// `bytes_per_second` (0: unlimited), and directory sources only under `directories`.
+    /// A service over `store`, fetches within `limits`, directory sources only under
+    /// `directories`, callers checked by `auth`.
     pub fn new(
         store: Store,
         followers: Followers,
         shutdown: Shutdown,
-        max_fetches: usize,
-        bytes_per_second: u64,
+        limits: FetchLimits,
         metrics: Metrics,
         directories: AllowedDirectories,
+        auth: Authorizer,
     ) -> Self {
+        let FetchLimits {
+            max_fetches,
+            bytes_per_second,
+        } = limits;
         Self {
+            auth: Arc::new(auth),
             store,
             followers,
             shutdown,
@@ -94,6 +165,20 @@ impl Service {
             metrics,
             directories,
         }
+    }
+
+    /// Checks the caller of `request` before anything else runs (no validation error, no
+    /// VersionWatcher call for a caller who may not call).
+    async fn authorize<T>(&self, request: &Request<T>, rpc: Rpc) -> Result<(), Error> {
+        self.auth
+            .check_with(
+                auth::bearer(request.metadata()),
+                verb(rpc),
+                None,
+                |caller| scope(caller, rpc),
+            )
+            .await
+            .map_err(Error::Auth)
     }
 
     /// Fails unless `id` is a source the store knows.
@@ -494,6 +579,7 @@ impl DataRepository for Service {
         &self,
         request: Request<pb::TrackSourceRequest>,
     ) -> Result<Response<pb::TrackSourceResponse>, Status> {
+        self.authorize(&request, Rpc::TrackSource).await?;
         Ok(Response::new(self.track(request.into_inner()).await?))
     }
 
@@ -501,6 +587,7 @@ impl DataRepository for Service {
         &self,
         request: Request<pb::UntrackSourceRequest>,
     ) -> Result<Response<pb::UntrackSourceResponse>, Status> {
+        self.authorize(&request, Rpc::UntrackSource).await?;
         Ok(Response::new(self.untrack(request.into_inner())?))
     }
 
@@ -508,6 +595,7 @@ impl DataRepository for Service {
         &self,
         request: Request<pb::ListSourcesRequest>,
     ) -> Result<Response<pb::ListSourcesResponse>, Status> {
+        self.authorize(&request, Rpc::ListSources).await?;
         Ok(Response::new(self.list(request.into_inner())?))
     }
 
@@ -515,6 +603,7 @@ impl DataRepository for Service {
         &self,
         request: Request<pb::ListDataVersionsRequest>,
     ) -> Result<Response<pb::ListDataVersionsResponse>, Status> {
+        self.authorize(&request, Rpc::ListDataVersions).await?;
         Ok(Response::new(self.list_versions(request.into_inner())?))
     }
 
@@ -522,6 +611,7 @@ impl DataRepository for Service {
         &self,
         request: Request<pb::WatchSyncedRequest>,
     ) -> Result<Response<BoxStream<pb::WatchSyncedResponse>>, Status> {
+        self.authorize(&request, Rpc::WatchSynced).await?;
         Ok(Response::new(self.watch(request.into_inner())?))
     }
 
@@ -529,6 +619,7 @@ impl DataRepository for Service {
         &self,
         request: Request<pb::GetManifestRequest>,
     ) -> Result<Response<pb::GetManifestResponse>, Status> {
+        self.authorize(&request, Rpc::GetManifest).await?;
         let request = request.into_inner();
         let record = self.record(&request.source_id, &request.version)?;
         Ok(Response::new(pb::GetManifestResponse {
@@ -540,6 +631,7 @@ impl DataRepository for Service {
         &self,
         request: Request<pb::FetchRequest>,
     ) -> Result<Response<BoxStream<pb::FetchResponse>>, Status> {
+        self.authorize(&request, Rpc::Fetch).await?;
         Ok(Response::new(self.fetch_stream(request.into_inner())?))
     }
 
@@ -547,6 +639,7 @@ impl DataRepository for Service {
         &self,
         request: Request<pb::PinVersionRequest>,
     ) -> Result<Response<pb::PinVersionResponse>, Status> {
+        self.authorize(&request, Rpc::PinVersion).await?;
         Ok(Response::new(self.pin(request.into_inner())?))
     }
 
@@ -554,6 +647,7 @@ impl DataRepository for Service {
         &self,
         request: Request<pb::UnpinVersionRequest>,
     ) -> Result<Response<pb::UnpinVersionResponse>, Status> {
+        self.authorize(&request, Rpc::UnpinVersion).await?;
         Ok(Response::new(self.unpin(request.into_inner())?))
     }
 }

@@ -25,6 +25,7 @@ use autocrane_api::proto::data_v1::data_repository_server::DataRepositoryServer;
 use autocrane_runtime::{
     RuntimeError,
     args::{ClientTlsArgs, ServerArgs},
+    auth::{AuthArgs, Authorizer},
     client,
     process::Process,
     server::GrpcServer,
@@ -77,7 +78,21 @@ pub struct Args {
     /// Local directories that directory sources may copy from.
     #[command(flatten)]
     pub directories: LocalDirectoryArgs,
+
+    /// Who may call: `--insecure-allow-anonymous`, `--token-audience` (default
+    /// `autocrane-data-repository`). Callers need RBAC on `datasources.autocrane.io`; a pod-bound
+    /// token may always `GetManifest` and `Fetch`.
+    #[command(flatten)]
+    pub auth: AuthArgs,
+
+    /// File holding the bearer token sent to the VersionWatcher (re-read on every call, as
+    /// projected ServiceAccount tokens rotate); unset sends none.
+    #[arg(long, env = "AUTOCRANE_VERSION_WATCHER_TOKEN_FILE")]
+    pub version_watcher_token_file: Option<PathBuf>,
 }
+
+/// The audience callers' tokens are reviewed for when `--token-audience` is not given.
+pub const DEFAULT_AUDIENCE: &str = "autocrane-data-repository";
 
 /// Errors of the component: starting it, and answering a request ([`grpc::status`] maps each to
 /// the status a caller sees).
@@ -92,6 +107,13 @@ pub enum Error {
     /// The VersionWatcher URL or TLS settings are unusable.
     #[error("configuring the VersionWatcher client")]
     VersionWatcher(#[source] RuntimeError),
+    /// No Kubernetes API to review callers with (and anonymous calls are not allowed).
+    #[error("setting up caller authentication")]
+    SetUpAuth(#[source] RuntimeError),
+    /// The caller is unauthenticated or not allowed, or could not be reviewed (the message names
+    /// the user, verb and resource).
+    #[error(transparent)]
+    Auth(RuntimeError),
     /// A request field is invalid.
     #[error("{0}")]
     Invalid(#[from] validate::Invalid),
@@ -168,7 +190,13 @@ pub async fn run(args: Args, process: Process) -> Result<(), Error> {
         max_concurrent_fetches,
         fetch_bytes_per_second,
         directories,
+        auth,
+        version_watcher_token_file,
     } = args;
+    // First: a server that cannot check its callers must not start serving anything.
+    let authorizer = Authorizer::from_args(&auth, grpc::DATASOURCES, DEFAULT_AUDIENCE)
+        .await
+        .map_err(Error::SetUpAuth)?;
     let directories = directories.allowed();
     let span = tracing::info_span!("open_store", path = %store.display());
     let store = tokio::task::spawn_blocking(move || {
@@ -177,7 +205,12 @@ pub async fn run(args: Args, process: Process) -> Result<(), Error> {
     .await
     .expect("the store task does not panic")
     .map_err(Error::OpenStore)?;
-    let channel = client::channel(&version_watcher, &client_tls).map_err(Error::VersionWatcher)?;
+    let channel = client::channel_with_token(
+        &version_watcher,
+        &client_tls,
+        version_watcher_token_file.as_deref(),
+    )
+    .map_err(Error::VersionWatcher)?;
     let origins = origin::Origins::new(store.clone(), max_version_bytes, directories.clone());
     let metrics = metrics::Metrics::register(&process.registry);
     let followers = follow::Followers::new(
@@ -194,10 +227,13 @@ pub async fn run(args: Args, process: Process) -> Result<(), Error> {
         store,
         followers,
         process.shutdown.clone(),
-        max_concurrent_fetches,
-        fetch_bytes_per_second,
+        grpc::FetchLimits {
+            max_fetches: max_concurrent_fetches,
+            bytes_per_second: fetch_bytes_per_second,
+        },
         metrics,
         directories,
+        authorizer,
     );
     let grpc = GrpcServer::new(&server)
         .map_err(Error::Serve)?

@@ -483,6 +483,7 @@ mod tests {
                 repository: None,
                 watchdog_listener: None,
                 token_audience: "aud".into(),
+                data_repository_audience: "aud".into(),
             },
         );
         let acd = deleting();

@@ -50,6 +50,24 @@ pub struct Args {
     #[arg(long, env = "AUTOCRANE_WATCHDOG_LISTENER")]
     pub watchdog_listener: Option<String>,
 
+    /// File holding the bearer token sent to the VersionWatcher (re-read on every call, as
+    /// projected ServiceAccount tokens rotate); unset sends none.
+    #[arg(long, env = "AUTOCRANE_VERSION_WATCHER_TOKEN_FILE")]
+    pub version_watcher_token_file: Option<std::path::PathBuf>,
+
+    /// File holding the bearer token sent to the DataRepository (re-read on every call); unset
+    /// sends none.
+    #[arg(long, env = "AUTOCRANE_DATA_REPOSITORY_TOKEN_FILE")]
+    pub data_repository_token_file: Option<std::path::PathBuf>,
+
+    /// Audience of the projected token the DataDeployers present to the DataRepository.
+    #[arg(
+        long,
+        env = "AUTOCRANE_DATA_REPOSITORY_AUDIENCE",
+        default_value = "autocrane-data-repository"
+    )]
+    pub data_repository_audience: String,
+
     /// Audience of the projected token the DataDeployers present to the WatchdogListener.
     #[arg(
         long,
@@ -335,6 +353,9 @@ pub async fn run_with(args: Args, process: Process, client: kube::Client) -> Res
     let Args {
         version_watcher,
         data_repository,
+        version_watcher_token_file,
+        data_repository_token_file,
+        data_repository_audience,
         watchdog_listener,
         watchdog_audience,
         data_deployer_image,
@@ -357,8 +378,12 @@ pub async fn run_with(args: Args, process: Process, client: kube::Client) -> Res
         tokio::spawn(admin.instrument(tracing::info_span!("admin", address = %bound)));
     }
     let upstream = upstream::Upstream::connect(
-        version_watcher.as_deref(),
-        data_repository.as_deref(),
+        version_watcher
+            .as_deref()
+            .map(|url| (url, version_watcher_token_file.as_deref())),
+        data_repository
+            .as_deref()
+            .map(|url| (url, data_repository_token_file.as_deref())),
         &client_tls,
         process.shutdown.clone(),
     )?;
@@ -372,6 +397,7 @@ pub async fn run_with(args: Args, process: Process, client: kube::Client) -> Res
         repository: data_repository,
         watchdog_listener,
         token_audience: watchdog_audience,
+        data_repository_audience,
     };
     let settings = controller::Settings {
         namespace: watch_namespace,

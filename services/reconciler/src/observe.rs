@@ -128,7 +128,10 @@ pub fn pod_view(
                     Some(Applied {
                         version: report.version().to_string(),
                         ok: report.is_applied(),
-                        at: w.updated_at,
+                        // As for the health above: the report was written before the next whole
+                        // second, and a bake counted from the truncated second would be up to a
+                        // second short (seen end to end: a 3 s bake promoted after 2.7 s).
+                        at: w.updated_at + std::time::Duration::from_secs(1),
                     })
                 });
             (source.name.clone(), PodData { desired, applied })
@@ -322,9 +325,10 @@ mod tests {
                 applied: Some(Applied {
                     version: "c2".into(),
                     ok: true,
-                    at: at("2026-01-01T00:00:20Z")
+                    at: at("2026-01-01T00:00:21Z")
                 }),
-            }
+            },
+            "reported during second :20 (stored truncated): applied by :21 at the latest"
         );
         let rules = &view.data["rules"];
         assert_eq!(rules.desired.as_deref(), Some("r9"));

@@ -76,7 +76,14 @@ pub struct Injection {
     pub watchdog_listener: Option<String>,
     /// The audience of the projected token (what the WatchdogListener's TokenReview expects).
     pub token_audience: String,
+    /// The audience of the projected token the deployer presents to the DataRepository (what the
+    /// DataRepository's TokenReview expects): a second token, so neither server can replay what
+    /// it receives against the other.
+    pub data_repository_audience: String,
 }
+
+/// The file of the token for the DataRepository, in [`TOKEN_DIR`].
+pub const DATA_REPOSITORY_TOKEN: &str = "data-repository-token";
 
 /// One `CreatePod` decision, borrowed.
 #[derive(Clone, Copy, Debug)]
@@ -338,9 +345,15 @@ fn inject_data_deployer(
         args_tail.push("--source".into());
         args_tail.push(format!("{}={id}", source.name));
     }
-    let mut deployer_mounts = vec![
+    // The pod-bound token lets the deployer read manifests and fetch, and nothing else.
+    args_tail.extend([
+        "--data-repository-token-file".into(),
+        format!("{TOKEN_DIR}/{DATA_REPOSITORY_TOKEN}"),
+    ]);
+    let deployer_mounts = vec![
         mount(DATA_VOLUME, DATA_ROOT, false),
         mount(PODINFO_VOLUME, PODINFO_DIR, true),
+        mount(TOKEN_VOLUME, TOKEN_DIR, true),
     ];
     if let Some(listener) = &injection.watchdog_listener {
         args_tail.extend([
@@ -349,7 +362,6 @@ fn inject_data_deployer(
             "--token-file".into(),
             format!("{TOKEN_DIR}/token"),
         ]);
-        deployer_mounts.push(mount(TOKEN_VOLUME, TOKEN_DIR, true));
     }
     let deployer = |name: &str, mode: &str| Container {
         name: name.into(),
@@ -394,24 +406,31 @@ fn inject_data_deployer(
         }),
         ..Volume::default()
     });
+    let token = |audience: &str, path: &str| VolumeProjection {
+        service_account_token: Some(ServiceAccountTokenProjection {
+            audience: Some(audience.to_string()),
+            expiration_seconds: Some(TOKEN_SECONDS),
+            path: path.into(),
+            ..ServiceAccountTokenProjection::default()
+        }),
+        ..VolumeProjection::default()
+    };
+    let mut tokens = Vec::new();
     if injection.watchdog_listener.is_some() {
-        volumes.push(Volume {
-            name: TOKEN_VOLUME.into(),
-            projected: Some(ProjectedVolumeSource {
-                sources: Some(vec![VolumeProjection {
-                    service_account_token: Some(ServiceAccountTokenProjection {
-                        audience: Some(injection.token_audience.clone()),
-                        expiration_seconds: Some(TOKEN_SECONDS),
-                        path: "token".into(),
-                        ..ServiceAccountTokenProjection::default()
-                    }),
-                    ..VolumeProjection::default()
-                }]),
-                ..ProjectedVolumeSource::default()
-            }),
-            ..Volume::default()
-        });
+        tokens.push(token(&injection.token_audience, "token"));
     }
+    tokens.push(token(
+        &injection.data_repository_audience,
+        DATA_REPOSITORY_TOKEN,
+    ));
+    volumes.push(Volume {
+        name: TOKEN_VOLUME.into(),
+        projected: Some(ProjectedVolumeSource {
+            sources: Some(tokens),
+            ..ProjectedVolumeSource::default()
+        }),
+        ..Volume::default()
+    });
     Ok(())
 }
 
@@ -451,6 +470,7 @@ mod tests {
             repository: Some("http://repo:7070".into()),
             watchdog_listener: Some("http://listener:7070".into()),
             token_audience: "autocrane-watchdog-listener".into(),
+            data_repository_audience: "autocrane-data-repository".into(),
         }
     }
 
@@ -588,6 +608,8 @@ mod tests {
                 "config=git-0123",
                 "--source",
                 "rules=rules",
+                "--data-repository-token-file",
+                "/autocrane/token/data-repository-token",
                 "--watchdog-listener",
                 "http://listener:7070",
                 "--token-file",
@@ -615,9 +637,11 @@ mod tests {
                 {"name": "autocrane-data", "emptyDir": {}},
                 {"name": "autocrane-podinfo", "downwardAPI": {"items": [
                     {"path": "annotations", "fieldRef": {"fieldPath": "metadata.annotations"}}]}},
-                {"name": "autocrane-token", "projected": {"sources": [{"serviceAccountToken": {
-                    "audience": "autocrane-watchdog-listener", "expirationSeconds": 3600,
-                    "path": "token"}}]}}
+                {"name": "autocrane-token", "projected": {"sources": [
+                    {"serviceAccountToken": {"audience": "autocrane-watchdog-listener",
+                        "expirationSeconds": 3600, "path": "token"}},
+                    {"serviceAccountToken": {"audience": "autocrane-data-repository",
+                        "expirationSeconds": 3600, "path": "data-repository-token"}}]}}
             ])
         );
     }

@@ -11,6 +11,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     fmt,
+    path::Path,
     sync::{Arc, Mutex},
 };
 
@@ -24,7 +25,7 @@ use autocrane_api::{
 use autocrane_controller::model::{AppVersions, DataSourceInfo, Timestamp};
 use autocrane_runtime::{
     args::ClientTlsArgs,
-    client::{AutoCraneChannel, channel},
+    client::{AutoCraneChannel, channel_with_token},
     shutdown::Shutdown,
     watch_client::{Backoff, WatchClient},
 };
@@ -325,23 +326,25 @@ impl Upstream {
         }
     }
 
-    /// gRPC clients for the given URLs (lazily connecting: a service that is down only stalls the
-    /// deployments that need it).
+    /// gRPC clients for the given URLs, each sending the token of its file when it has one
+    /// (lazily connecting: a service that is down only stalls the deployments that need it).
     pub fn connect(
-        version_watcher: Option<&str>,
-        data_repository: Option<&str>,
+        version_watcher: Option<(&str, Option<&Path>)>,
+        data_repository: Option<(&str, Option<&Path>)>,
         tls: &ClientTlsArgs,
         shutdown: Shutdown,
     ) -> Result<Self, Error> {
         let versions = version_watcher
-            .map(|url| {
-                channel(url, tls).map_err(|e| Error::Runtime("the VersionWatcher client", e))
+            .map(|(url, token)| {
+                channel_with_token(url, tls, token)
+                    .map_err(|e| Error::Runtime("the VersionWatcher client", e))
             })
             .transpose()?
             .map(|c| Arc::new(GrpcVersions(VersionWatcherClient::new(c))) as Arc<dyn VersionCalls>);
         let data = data_repository
-            .map(|url| {
-                channel(url, tls).map_err(|e| Error::Runtime("the DataRepository client", e))
+            .map(|(url, token)| {
+                channel_with_token(url, tls, token)
+                    .map_err(|e| Error::Runtime("the DataRepository client", e))
             })
             .transpose()?
             .map(|c| Arc::new(GrpcData(DataRepositoryClient::new(c))) as Arc<dyn DataCalls>);

@@ -8,6 +8,8 @@
 //! - [`server`]: a gRPC server that always serves `grpc.health.v1` and reflection v1 + v1alpha,
 //!   enforces message-size limits and deadlines, opens a span per RPC (child of the caller's trace)
 //!   and shuts down gracefully;
+//! - [`auth`]: who may call: bearer tokens resolved with a TokenReview, RBAC asked with a
+//!   SubjectAccessReview (both cached), pod-bound identities, `--insecure-allow-anonymous`;
 //! - [`client`]: channels to AutoCrane servers with TLS and trace-context injection;
 //! - [`admin`]: the per-process admin HTTP listener (`/metrics`, `/healthz`);
 //! - [`watch_client`]: holds a server-streaming `Watch…` call as a `tokio::sync::watch` receiver,
@@ -21,6 +23,7 @@
 
 pub mod admin;
 pub mod args;
+pub mod auth;
 pub mod client;
 pub mod errors;
 pub mod fs;
@@ -80,4 +83,20 @@ pub enum RuntimeError {
     /// Reflection could not be built from the descriptor set.
     #[error("building gRPC reflection")]
     Reflection(#[source] tonic_reflection::server::Error),
+    /// No Kubernetes client could be configured (in-cluster or `KUBECONFIG`) to review callers.
+    #[error("connecting to Kubernetes to review callers' tokens")]
+    ConnectKube(#[source] kube::Error),
+    /// The caller presented no valid token.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    /// The caller may not do this (boxed: every error of every crate that wraps this one would
+    /// otherwise carry its size).
+    #[error("permission denied: {0}")]
+    PermissionDenied(Box<auth::Denial>),
+    /// The TokenReview call failed.
+    #[error("reviewing the caller's token")]
+    ReviewToken(#[source] kube::Error),
+    /// The SubjectAccessReview call failed.
+    #[error("reviewing the caller's permissions")]
+    ReviewAccess(#[source] kube::Error),
 }

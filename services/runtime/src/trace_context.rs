@@ -70,16 +70,25 @@ pub fn inject_current(headers: &mut http::HeaderMap) {
     });
 }
 
-/// A gRPC channel (or any HTTP service) that opens a client span per call and propagates it.
+/// A gRPC channel (or any HTTP service) that opens a client span per call and propagates it,
+/// and sets the caller's bearer token when it has one.
 #[derive(Clone, Debug)]
 pub struct TracedChannel<S> {
     inner: S,
+    token: Option<crate::client::TokenFile>,
 }
 
 impl<S> TracedChannel<S> {
     /// Wraps `inner`.
     pub fn new(inner: S) -> Self {
-        Self { inner }
+        Self { inner, token: None }
+    }
+
+    /// Sets `authorization: Bearer <token>` on every call that has none, from `token` read at the
+    /// call (`None`: send no token).
+    pub fn with_token(mut self, token: Option<crate::client::TokenFile>) -> Self {
+        self.token = token;
+        self
     }
 }
 
@@ -110,6 +119,22 @@ where
         opentelemetry::global::get_text_map_propagator(|propagator| {
             propagator.inject_context(&context, &mut HeaderInjector(request.headers_mut()));
         });
+        if let Some(token) = &self.token
+            && !request.headers().contains_key(http::header::AUTHORIZATION)
+        {
+            match token.header() {
+                Ok(value) => {
+                    request
+                        .headers_mut()
+                        .insert(http::header::AUTHORIZATION, value);
+                }
+                // The call goes out without a token, and the server's UNAUTHENTICATED says so;
+                // the log says why (the path and the error, never the token).
+                Err(err) => {
+                    tracing::warn!(parent: &span, error = %err, "Sending the call without a token")
+                }
+            }
+        }
         self.inner.call(request).instrument(span)
     }
 }

@@ -3,8 +3,12 @@
 
 use std::{collections::HashSet, pin::Pin, sync::Arc, time::Duration};
 
+use autocrane_api::keys::{GROUP, VERSIONS_RESOURCE};
 use autocrane_api::proto::version_v1::{self as pb, version_watcher_server::VersionWatcher};
-use autocrane_runtime::upstream::local_dirs::AllowedDirectories;
+use autocrane_runtime::{
+    auth::{self, Authorizer, Resource, Verb},
+    upstream::local_dirs::AllowedDirectories,
+};
 use futures::Stream;
 use tokio::sync::broadcast::error::RecvError;
 use tonic::{Request, Response, Status};
@@ -22,17 +26,64 @@ const MAX_WATCHED: usize = 1000;
 /// Longest quarantine reason, in bytes.
 const MAX_REASON_BYTES: usize = 1024;
 
+/// The RBAC resource every call is checked against: `versions.autocrane.io`, cluster-wide (a
+/// source is not namespaced).
+pub const VERSIONS: Resource = Resource {
+    group: GROUP,
+    resource: VERSIONS_RESOURCE,
+};
+
+/// The RBAC verb of each RPC. GetSource and WatchVersions start watching a source they do not
+/// know yet, but that is what reading it means here (the spec is the name), so they are reads;
+/// Probe only refreshes what a read returns (the unauthenticated webhook does the same), so it is
+/// a `get`; quarantines change what the policy may choose, so they are `update`s.
+pub fn verb(rpc: Rpc) -> Verb {
+    match rpc {
+        Rpc::GetSource | Rpc::Probe => Verb::Get,
+        Rpc::ListSources | Rpc::ListVersions => Verb::List,
+        Rpc::WatchVersions => Verb::Watch,
+        Rpc::QuarantineVersion | Rpc::LiftQuarantine => Verb::Update,
+    }
+}
+
+/// The RPCs of the service, for [`verb`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub enum Rpc {
+    GetSource,
+    ListSources,
+    ListVersions,
+    WatchVersions,
+    Probe,
+    QuarantineVersion,
+    LiftQuarantine,
+}
+
 /// The service.
 #[derive(Clone, Debug)]
 pub struct Service {
     hub: Arc<Hub>,
     directories: AllowedDirectories,
+    auth: Arc<Authorizer>,
 }
 
 impl Service {
-    /// A service over `hub`.
-    pub fn new(hub: Arc<Hub>, directories: AllowedDirectories) -> Self {
-        Self { hub, directories }
+    /// A service over `hub`, its callers checked by `auth`.
+    pub fn new(hub: Arc<Hub>, directories: AllowedDirectories, auth: Authorizer) -> Self {
+        Self {
+            hub,
+            directories,
+            auth: Arc::new(auth),
+        }
+    }
+
+    /// Checks the caller of `request` before anything else runs (no validation error, no new
+    /// source and no probe for a caller who may not call).
+    async fn authorize<T>(&self, request: &Request<T>, rpc: Rpc) -> Result<(), Status> {
+        self.auth
+            .check(auth::bearer(request.metadata()), verb(rpc), None)
+            .await
+            .map_err(|err| auth::status(&err).unwrap_or_else(|| Status::internal(err.to_string())))
     }
 
     /// A directory source must stay under the `--allow-directory` list (`field` names the spec).
@@ -275,6 +326,7 @@ impl VersionWatcher for Service {
         &self,
         request: Request<pb::GetSourceRequest>,
     ) -> Result<Response<pb::GetSourceResponse>, Status> {
+        self.authorize(&request, Rpc::GetSource).await?;
         let wait = first_probe_wait(&request);
         let spec = spec::validate(request.get_ref().source.as_ref(), "source").map_err(invalid)?;
         self.check_local(&spec, "source")?;
@@ -292,6 +344,7 @@ impl VersionWatcher for Service {
         &self,
         request: Request<pb::ListSourcesRequest>,
     ) -> Result<Response<pb::ListSourcesResponse>, Status> {
+        self.authorize(&request, Rpc::ListSources).await?;
         let request = request.into_inner();
         let limit = page_size(request.page_size)?;
         let (page, more) = self.hub.list(&request.page_token, limit);
@@ -309,6 +362,7 @@ impl VersionWatcher for Service {
         &self,
         request: Request<pb::ListVersionsRequest>,
     ) -> Result<Response<pb::ListVersionsResponse>, Status> {
+        self.authorize(&request, Rpc::ListVersions).await?;
         let request = request.into_inner();
         required("source_id", &request.source_id)?;
         let limit = page_size(request.page_size)?;
@@ -340,6 +394,7 @@ impl VersionWatcher for Service {
         &self,
         request: Request<pb::WatchVersionsRequest>,
     ) -> Result<Response<WatchStream>, Status> {
+        self.authorize(&request, Rpc::WatchVersions).await?;
         let wait = first_probe_wait(&request);
         let request = request.into_inner();
         if request.sources.is_empty() || request.sources.len() > MAX_WATCHED {
@@ -380,6 +435,7 @@ impl VersionWatcher for Service {
         &self,
         request: Request<pb::ProbeRequest>,
     ) -> Result<Response<pb::ProbeResponse>, Status> {
+        self.authorize(&request, Rpc::Probe).await?;
         let request = request.into_inner();
         required("source_id", &request.source_id)?;
         let view = self
@@ -396,6 +452,7 @@ impl VersionWatcher for Service {
         &self,
         request: Request<pb::QuarantineVersionRequest>,
     ) -> Result<Response<pb::QuarantineVersionResponse>, Status> {
+        self.authorize(&request, Rpc::QuarantineVersion).await?;
         let request = request.into_inner();
         required("source_id", &request.source_id)?;
         required("version", &request.version)?;
@@ -419,6 +476,7 @@ impl VersionWatcher for Service {
         &self,
         request: Request<pb::LiftQuarantineRequest>,
     ) -> Result<Response<pb::LiftQuarantineResponse>, Status> {
+        self.authorize(&request, Rpc::LiftQuarantine).await?;
         let request = request.into_inner();
         required("source_id", &request.source_id)?;
         required("version", &request.version)?;

@@ -32,6 +32,7 @@ use autocrane_api::proto::version_v1::version_watcher_server::VersionWatcherServ
 use autocrane_runtime::{
     RuntimeError,
     args::{OptionalAddr, ServerArgs, parse_optional_addr},
+    auth::{AuthArgs, Authorizer},
     process::Process,
     server::GrpcServer,
     upstream::local_dirs::LocalDirectoryArgs,
@@ -87,7 +88,15 @@ pub struct Args {
     /// Local directories that directory sources may list.
     #[command(flatten)]
     pub directories: LocalDirectoryArgs,
+
+    /// Who may call: `--insecure-allow-anonymous`, `--token-audience` (default
+    /// `autocrane-version-watcher`). Callers need RBAC on `versions.autocrane.io`.
+    #[command(flatten)]
+    pub auth: AuthArgs,
 }
+
+/// The audience callers' tokens are reviewed for when `--token-audience` is not given.
+pub const DEFAULT_AUDIENCE: &str = "autocrane-version-watcher";
 
 /// Errors of the component.
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +113,9 @@ pub enum Error {
     /// The webhook listener could not bind.
     #[error("starting the webhook listener")]
     BindWebhook(#[source] RuntimeError),
+    /// No Kubernetes API to review callers with (and anonymous calls are not allowed).
+    #[error("setting up caller authentication")]
+    Auth(#[source] RuntimeError),
 }
 
 /// Runs the component until the process shuts down.
@@ -119,7 +131,12 @@ pub async fn run(args: Args, process: Process) -> Result<(), Error> {
         upstream_timeout_secs,
         probe_timeout_secs,
         directories,
+        auth: auth_args,
     } = args;
+    // First: a server that cannot check its callers must not start serving anything.
+    let authorizer = Authorizer::from_args(&auth_args, grpc::VERSIONS, DEFAULT_AUDIENCE)
+        .await
+        .map_err(Error::Auth)?;
     let directories = directories.allowed();
     let auth = match &registry_credentials {
         Some(path) => {
@@ -167,6 +184,7 @@ pub async fn run(args: Args, process: Process) -> Result<(), Error> {
             .add_service(VersionWatcherServer::new(grpc::Service::new(
                 hub,
                 directories,
+                authorizer,
             )));
     process.serve(&server, grpc).await.map_err(Error::Serve)
 }

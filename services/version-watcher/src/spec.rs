@@ -326,6 +326,9 @@ fn normalize_relative(path: &str) -> Result<String, &'static str> {
     if path.starts_with('/') {
         return Err("must be relative");
     }
+    if path.chars().any(char::is_control) {
+        return Err("must not contain control characters");
+    }
     let mut parts = Vec::new();
     for part in path.split('/') {
         match part {
@@ -374,14 +377,15 @@ fn validate_directory(dir: &pb::DirectorySource, field: &str) -> Result<Upstream
     if !path.starts_with('/') {
         return Err(err(format!("{field}.path"), "must be absolute"));
     }
+    // Trailing slashes go with the whitespace they hid from `trim`, so that the canonical path
+    // is its own canonical form; `/`, `//`, … are all the root.
+    let path = match path.trim_end_matches(|c: char| c == '/' || c.is_whitespace()) {
+        "" => "/".to_string(),
+        trimmed => trimmed.to_string(),
+    };
     if path.split('/').any(|part| part == "..") {
         return Err(err(format!("{field}.path"), "must not contain '..'"));
     }
-    let path = if path == "/" {
-        "/".to_string()
-    } else {
-        path.trim_end_matches('/').to_string()
-    };
     let version_file = dir.version_file.trim();
     if version_file.contains('/') || version_file == "." || version_file == ".." {
         return Err(err(
@@ -420,9 +424,11 @@ fn validate_policy(policy: Option<&pb::VersionPolicy>, field: &str) -> Result<Po
             let range = if range.is_empty() || range == "*" {
                 String::new()
             } else {
-                semver::VersionReq::parse(range)
+                let range = semver::VersionReq::parse(range)
                     .map_err(|e| err(format!("{field}.semver.range"), e.to_string()))?
-                    .to_string()
+                    .to_string();
+                // `x`, `X` and `*` all display as `*`: any version, like the empty range.
+                if range == "*" { String::new() } else { range }
             };
             Ok(Policy::Semver {
                 range,
@@ -616,6 +622,67 @@ mod tests {
             validate(Some(&dir), "s").unwrap_err().field,
             "s.directory.path"
         );
+    }
+
+    /// Found by `fuzz/fuzz_targets/source_spec.rs`: a NUL in the path only failed later, when
+    /// `git archive` could not be started, instead of naming the field.
+    #[test]
+    fn git_paths_with_control_characters_are_refused() {
+        let spec = pb::SourceSpec {
+            upstream: Some(pb::source_spec::Upstream::Git(pb::GitSource {
+                url: "git://h/a.git".into(),
+                r#ref: String::new(),
+                path: "./da\u{f}\0x".into(),
+            })),
+            ..Default::default()
+        };
+        assert_eq!(
+            validate(Some(&spec), "s").unwrap_err().to_string(),
+            "s.git.path: must not contain control characters"
+        );
+    }
+
+    /// Found by `fuzz/fuzz_targets/source_spec.rs`: `//` canonicalised to an empty path, which
+    /// then failed its own validation.
+    #[test]
+    fn trailing_slashes_and_the_whitespace_they_hide_are_not_part_of_a_directory() {
+        let dir = |path: &str| pb::SourceSpec {
+            upstream: Some(pb::source_spec::Upstream::Directory(pb::DirectorySource {
+                path: path.into(),
+                version_file: String::new(),
+            })),
+            ..Default::default()
+        };
+        let root = validate(Some(&dir("/")), "s").unwrap();
+        assert_eq!(validate(Some(&dir("//")), "s"), Ok(root.clone()));
+        assert_eq!(validate(Some(&dir(" /// ")), "s"), Ok(root));
+        // Also found by the fuzz target: whitespace before a trailing slash survived the trim.
+        let data = validate(Some(&dir("/data")), "s").unwrap();
+        assert_eq!(validate(Some(&dir("/data\u{b}/")), "s"), Ok(data));
+        assert_eq!(
+            validate(Some(&dir("/data/.. /")), "s").unwrap_err().field,
+            "s.directory.path"
+        );
+    }
+
+    /// Found by `fuzz/fuzz_targets/source_spec.rs`: `x` canonicalised to `*`, which is
+    /// canonicalised to the empty range, so one source had two ids.
+    #[test]
+    fn every_spelling_of_any_version_is_the_empty_range() {
+        let with_range = |range: &str| {
+            let mut spec = oci("r", "a");
+            spec.policy = Some(pb::VersionPolicy {
+                policy: Some(pb::version_policy::Policy::Semver(pb::SemverPolicy {
+                    range: range.into(),
+                    ..Default::default()
+                })),
+            });
+            validate(Some(&spec), "s").unwrap()
+        };
+        let any = with_range("");
+        for spelling in ["*", "x", "X", " x "] {
+            assert_eq!(with_range(spelling), any, "{spelling:?}");
+        }
     }
 
     #[test]

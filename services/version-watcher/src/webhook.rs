@@ -62,11 +62,12 @@ struct RequestInfo {
 
 /// A manifest push: the registry host the pusher used, the repository, the tag (empty for a
 /// push by digest).
-type Push = (String, String, String);
+pub type Push = (String, String, String);
 
-/// The manifest pushes a notification body reports; blob pushes are ignored, since the manifest
-/// push follows.
-fn pushed_repositories(body: &[u8]) -> Result<Vec<Push>, serde_json::Error> {
+/// The manifest pushes a notification body reports, sorted and without duplicates; blob pushes
+/// are ignored, since the manifest push follows. Public for the fuzz target
+/// (`fuzz/fuzz_targets/registry_notification.rs`): the body comes from any HTTP client.
+pub fn pushed_repositories(body: &[u8]) -> Result<Vec<Push>, serde_json::Error> {
     let envelope: Envelope = serde_json::from_slice(body)?;
     let mut out: Vec<Push> = envelope
         .events

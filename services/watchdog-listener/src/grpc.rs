@@ -12,12 +12,12 @@ use futures::Stream;
 use jiff::Timestamp;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, metadata::MetadataMap};
+use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use crate::{
     Error,
-    auth::{Authorizer, Verb},
+    auth::{self, Authorizer, Verb},
     coalesce::Op,
     index::PodIndex,
     pods::{PodKey, Pods, pod_health},
@@ -32,14 +32,10 @@ pub fn status(err: Error) -> Status {
     match &err {
         Error::Invalid(_) => Status::invalid_argument(err.to_string()),
         Error::PodNotFound { .. } => Status::not_found(err.to_string()),
-        Error::Unauthenticated(_) => Status::unauthenticated(err.to_string()),
-        Error::PermissionDenied { .. } => Status::permission_denied(err.to_string()),
+        Error::Auth(auth) => autocrane_runtime::auth::status(auth)
+            .unwrap_or_else(|| Status::internal(err.to_string())),
         Error::ShuttingDown => Status::unavailable(err.to_string()),
-        Error::ReadPod { .. }
-        | Error::WritePod { .. }
-        | Error::ListPods { .. }
-        | Error::ReviewToken(_)
-        | Error::ReviewAccess(_) => {
+        Error::ReadPod { .. } | Error::WritePod { .. } | Error::ListPods { .. } => {
             tracing::warn!(error = %err, cause = ?std::error::Error::source(&err).map(ToString::to_string), "Kubernetes API call failed");
             Status::unavailable(format!("{err}: the Kubernetes API is unavailable"))
         }
@@ -47,15 +43,7 @@ pub fn status(err: Error) -> Status {
     }
 }
 
-/// The bearer token of a call, if any.
-pub fn bearer(metadata: &MetadataMap) -> Option<&str> {
-    let value = metadata.get("authorization")?.to_str().ok()?;
-    let token = value
-        .strip_prefix("Bearer ")
-        .or_else(|| value.strip_prefix("bearer "))?
-        .trim();
-    (!token.is_empty()).then_some(token)
-}
+pub use autocrane_runtime::auth::bearer;
 
 fn timestamp(time: Timestamp) -> prost_types::Timestamp {
     prost_types::Timestamp {
@@ -190,10 +178,14 @@ impl WatchdogListener for Service {
                 .ttl
                 .map(|ttl| validate::ttl(ttl.seconds, ttl.nanos))
                 .transpose()?;
-            self.state
-                .auth
-                .check(token.as_deref(), Verb::Create, &key.namespace, Some(&key))
-                .await?;
+            auth::check(
+                &self.state.auth,
+                token.as_deref(),
+                Verb::Create,
+                &key.namespace,
+                Some(&key),
+            )
+            .await?;
             let op = Op::Set {
                 name: req.name,
                 level,
@@ -219,10 +211,14 @@ impl WatchdogListener for Service {
         let result = async {
             let key = pod_key(req.pod.as_ref())?;
             tracing::Span::current().record("pod", key.to_string());
-            self.state
-                .auth
-                .check(token.as_deref(), Verb::Get, &key.namespace, None)
-                .await?;
+            auth::check(
+                &self.state.auth,
+                token.as_deref(),
+                Verb::Get,
+                &key.namespace,
+                None,
+            )
+            .await?;
             let pod = self.state.pods.read(&key).await?;
             Ok(pod_health(&pod, Timestamp::now()))
         }
@@ -244,10 +240,14 @@ impl WatchdogListener for Service {
             validate::namespace(&req.namespace)?;
             tracing::Span::current().record("namespace", &req.namespace);
             let limit = validate::page_size(req.page_size)?;
-            self.state
-                .auth
-                .check(token.as_deref(), Verb::List, &req.namespace, None)
-                .await?;
+            auth::check(
+                &self.state.auth,
+                token.as_deref(),
+                Verb::List,
+                &req.namespace,
+                None,
+            )
+            .await?;
             let (items, next_page_token) = self
                 .state
                 .pods
@@ -278,10 +278,14 @@ impl WatchdogListener for Service {
                 .record("pod", key.to_string())
                 .record("name", &req.name);
             validate::watchdog_name(&req.name)?;
-            self.state
-                .auth
-                .check(token.as_deref(), Verb::Delete, &key.namespace, Some(&key))
-                .await?;
+            auth::check(
+                &self.state.auth,
+                token.as_deref(),
+                Verb::Delete,
+                &key.namespace,
+                Some(&key),
+            )
+            .await?;
             self.state
                 .writer
                 .submit(key, Op::Delete { name: req.name })
@@ -306,10 +310,14 @@ impl WatchdogListener for Service {
             let span = tracing::Span::current();
             span.record("namespace", &req.namespace)
                 .record("selector", &req.label_selector);
-            self.state
-                .auth
-                .check(token.as_deref(), Verb::Watch, &req.namespace, None)
-                .await?;
+            auth::check(
+                &self.state.auth,
+                token.as_deref(),
+                Verb::Watch,
+                &req.namespace,
+                None,
+            )
+            .await?;
             // A malformed selector is INVALID_ARGUMENT now, not a stream that never matches.
             let selector = LabelSelector::parse(&req.label_selector)?;
             if !self.state.index.covers(&req.namespace) {
@@ -389,17 +397,9 @@ async fn feed_watch(
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use autocrane_runtime::RuntimeError;
 
-    #[test]
-    fn bearer_token_is_read_from_metadata() {
-        let mut metadata = MetadataMap::new();
-        assert_eq!(bearer(&metadata), None);
-        metadata.insert("authorization", "Bearer abc.def".parse().unwrap());
-        assert_eq!(bearer(&metadata), Some("abc.def"));
-        metadata.insert("authorization", "Basic xyz".parse().unwrap());
-        assert_eq!(bearer(&metadata), None);
-    }
+    use super::*;
 
     #[test]
     fn codes_follow_the_contract() {
@@ -410,11 +410,15 @@ mod tests {
             "{}",
             invalid.message()
         );
-        let denied = status(Error::PermissionDenied {
-            verb: "create",
-            namespace: "shop".into(),
-            reason: "no".into(),
-        });
+        let denied = status(Error::Auth(RuntimeError::PermissionDenied(Box::new(
+            autocrane_runtime::auth::Denial {
+                user: "system:serviceaccount:shop:prober".into(),
+                verb: "create",
+                resource: "watchdogs.autocrane.io".into(),
+                namespace: Some("shop".into()),
+                reason: "no".into(),
+            },
+        ))));
         assert_eq!(denied.code(), tonic::Code::PermissionDenied);
         assert!(denied.message().contains("create") && denied.message().contains("shop"));
         let missing = status(Error::PodNotFound {
@@ -423,7 +427,7 @@ mod tests {
         });
         assert_eq!(missing.code(), tonic::Code::NotFound);
         assert_eq!(
-            status(Error::Unauthenticated("x".into())).code(),
+            status(Error::Auth(RuntimeError::Unauthenticated("x".into()))).code(),
             tonic::Code::Unauthenticated
         );
         assert_eq!(level_from_proto(7).unwrap_err().field, "level");

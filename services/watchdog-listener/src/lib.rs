@@ -34,13 +34,17 @@ use autocrane_api::{
     duration::Duration, proto::watchdog_v1::watchdog_listener_server::WatchdogListenerServer,
 };
 use autocrane_runtime::{
-    RuntimeError, admin::SharedRegistry, args::ServerArgs, process::Process, server::GrpcServer,
-    shutdown::Shutdown,
+    RuntimeError, admin::SharedRegistry, args::ServerArgs, auth::AuthArgs, process::Process,
+    server::GrpcServer, shutdown::Shutdown,
 };
 use prometheus_client::metrics::counter::Counter;
 use tracing::Instrument;
 
 use crate::{auth::Authorizer, index::PodIndex, pods::Pods, prober::ProberArgs, writer::Writer};
+
+/// The audience callers' tokens are reviewed for when `--token-audience` is not given (the
+/// audience of the projected tokens the controller gives its pods).
+pub const DEFAULT_AUDIENCE: &str = "autocrane-watchdog-listener";
 
 /// Flags of `autocrane watchdog-listener`.
 #[derive(clap::Args, Clone, Debug)]
@@ -49,21 +53,10 @@ pub struct Args {
     #[command(flatten)]
     pub server: ServerArgs,
 
-    /// Allow calls without a bearer token to do everything. For local play only.
-    #[arg(long, env = "AUTOCRANE_INSECURE_ALLOW_ANONYMOUS")]
-    pub insecure_allow_anonymous: bool,
-
-    /// Audience a caller's token is reviewed for first (repeatable); tokens not minted for it
-    /// are accepted when valid for the API server itself (`kubectl create token SA`). Pods'
-    /// projected tokens should name it (`serviceAccountToken.audience`), so they cannot be
-    /// replayed against the API server.
-    #[arg(
-        long = "token-audience",
-        env = "AUTOCRANE_TOKEN_AUDIENCES",
-        value_delimiter = ',',
-        default_value = "autocrane-watchdog-listener"
-    )]
-    pub token_audiences: Vec<String>,
+    /// Who may call: `--insecure-allow-anonymous`, `--token-audience` (default
+    /// `autocrane-watchdog-listener`).
+    #[command(flatten)]
+    pub auth: AuthArgs,
 
     /// Shared flags of the write path.
     #[command(flatten)]
@@ -187,27 +180,10 @@ pub enum Error {
         #[source]
         source: ::kube::Error,
     },
-    /// The caller presented no valid token.
-    #[error("unauthenticated: {0}")]
-    Unauthenticated(String),
-    /// The caller may not do this.
-    #[error(
-        "permission denied: may not {verb} watchdogs.autocrane.io in namespace {namespace:?}: {reason}"
-    )]
-    PermissionDenied {
-        /// The RBAC verb.
-        verb: &'static str,
-        /// The namespace.
-        namespace: String,
-        /// Why.
-        reason: String,
-    },
-    /// The TokenReview call failed.
-    #[error("reviewing the caller's token")]
-    ReviewToken(#[source] ::kube::Error),
-    /// The SubjectAccessReview call failed.
-    #[error("reviewing the caller's permissions")]
-    ReviewAccess(#[source] ::kube::Error),
+    /// The caller is unauthenticated or not allowed, or could not be reviewed (the message names
+    /// the user, verb and resource).
+    #[error(transparent)]
+    Auth(RuntimeError),
     /// The listener is shutting down.
     #[error("the listener is shutting down")]
     ShuttingDown,
@@ -340,14 +316,13 @@ fn grpc_server(
 ) -> Result<(GrpcServer, Components), Error> {
     let Args {
         server,
-        insecure_allow_anonymous,
-        token_audiences,
+        auth,
         write,
         prober,
         probe,
     } = args;
     let components = Components::start(write, client, shutdown);
-    if *insecure_allow_anonymous {
+    if auth.insecure_allow_anonymous {
         tracing::warn!("Calls without a token are allowed everything (--insecure-allow-anonymous)");
     }
     if *prober {
@@ -368,8 +343,9 @@ fn grpc_server(
         writer: components.writer.clone(),
         auth: Authorizer::new(
             components.client.clone(),
-            *insecure_allow_anonymous,
-            token_audiences.clone(),
+            crate::auth::WATCHDOGS,
+            auth.insecure_allow_anonymous,
+            auth.audiences(DEFAULT_AUDIENCE),
         ),
         shutdown: shutdown.clone(),
     });

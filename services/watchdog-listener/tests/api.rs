@@ -754,7 +754,7 @@ async fn list_and_watch_follow_the_namespace() {
 #[tokio::test]
 async fn insecure_allow_anonymous_accepts_calls_without_a_token_but_still_checks_tokens() {
     let mut args = common::listener_args(50, None);
-    args.insecure_allow_anonymous = true;
+    args.auth.insecure_allow_anonymous = true;
     let env = Env::start_with(args).await;
     env.pod("dev", "app-0", &[], &[], None).await;
     let mut client = env.client().await;

@@ -304,6 +304,40 @@ fn canary_going_error_after_the_switch_reverts() {
     assert_eq!(plan.status.data[0].stage, Some(DataStage::Reverting));
 }
 
+/// The app sees new data when the link is swapped, a moment before the DataDeployer's report:
+/// an error that began in the second before the report is on the new version; one from earlier
+/// is not (that pod was failing already).
+#[test]
+fn an_error_up_to_a_second_before_the_apply_report_fails_the_canary() {
+    for (error_before_report, reverted) in [(1, true), (2, false)] {
+        let mut world = world();
+        world.data.insert("d".into(), vec!["b".into(), "a".into()]);
+        world.step();
+        world.kubelet();
+        world.tick(10);
+        let now = world.now;
+        let canary = world
+            .pods
+            .iter_mut()
+            .find(|p| p.data["d"].desired.as_deref() == Some("b"))
+            .unwrap();
+        let applied = canary.data.get_mut("d").unwrap().applied.as_mut().unwrap();
+        applied.at = now;
+        canary.health = Error;
+        canary.health_since = now
+            .checked_sub(k8s_openapi::jiff::SignedDuration::from_secs(
+                error_before_report,
+            ))
+            .unwrap();
+        let plan = world.step();
+        assert_eq!(
+            plan.status.data[0].stage == Some(DataStage::Reverting),
+            reverted,
+            "error {error_before_report} s before the report"
+        );
+    }
+}
+
 #[test]
 fn bad_data_version_is_skipped_for_the_next_one() {
     let mut world = world();

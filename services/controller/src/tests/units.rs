@@ -358,6 +358,37 @@ fn one_pass_restarts_at_most_the_limit_even_in_slots_already_down() {
     assert_eq!(decision.restart, ["s"]);
 }
 
+/// A pod in error is restarted only when its error is its own: counted from its latest data
+/// switch when that came later (a data revert gives the app time to report on last-known-good).
+#[test]
+fn an_error_counts_towards_a_restart_from_the_latest_data_switch() {
+    let erring = || pod("p").health(Error, t(10));
+    assert_eq!(
+        pod("p").build().error_since_for_restart(),
+        None,
+        "not in error"
+    );
+    assert_eq!(erring().build().error_since_for_restart(), Some(t(10)));
+    assert_eq!(
+        erring()
+            .on("d", "lkg", t(20))
+            .on("e", "x", t(15))
+            .build()
+            .error_since_for_restart(),
+        Some(t(20)),
+        "switched after the error began: counted from the latest switch"
+    );
+    assert_eq!(
+        erring()
+            .wants("d", "v")
+            .applied("d", "v", false, t(5))
+            .build()
+            .error_since_for_restart(),
+        Some(t(10)),
+        "a switch before the error does not move it"
+    );
+}
+
 #[test]
 fn restart_records_leave_the_window_at_its_end() {
     let limit = FailingLimit {

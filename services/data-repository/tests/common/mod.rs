@@ -1,7 +1,7 @@
 //! The DataRepository's own fixtures: its gRPC API and the VersionWatcher's, called on a
 //! [`DataStack`] (both services as real `autocrane` processes, from the workspace harness
 //! `autocrane_test_support`, like every general helper these tests use), and source specs.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::{
     path::Path,

@@ -345,6 +345,11 @@ impl InProcess {
             directories: autocrane_runtime::upstream::local_dirs::LocalDirectoryArgs {
                 allow_directories: vec![std::env::temp_dir()],
             },
+            // No cluster here: callers send no token.
+            auth: autocrane_runtime::auth::AuthArgs {
+                insecure_allow_anonymous: true,
+                token_audiences: Vec::new(),
+            },
         };
         let (trigger, shutdown) = Shutdown::new();
         let task = tokio::spawn(autocrane_version_watcher::run(args, Process::new(shutdown)));
@@ -388,6 +393,8 @@ impl BinaryWatcher {
         let mut command = Command::new(autocrane_bin());
         command
             .args(["version-watcher", "--admin-listen", "off"])
+            // No cluster to review tokens with: the tests call without one.
+            .arg("--insecure-allow-anonymous")
             .arg("--listen")
             .arg(grpc.to_string())
             .arg("--webhook-listen")

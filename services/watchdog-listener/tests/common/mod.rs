@@ -65,8 +65,10 @@ pub(crate) struct Env {
 pub(crate) fn listener_args(window_ms: u64, prober: Option<ProberArgs>) -> Args {
     Args {
         server: ServerArgs::local("127.0.0.1:0".parse().unwrap()),
-        insecure_allow_anonymous: false,
-        token_audiences: vec!["autocrane-watchdog-listener".into()],
+        auth: autocrane_runtime::auth::AuthArgs {
+            insecure_allow_anonymous: false,
+            token_audiences: vec!["autocrane-watchdog-listener".into()],
+        },
         write: WriteArgs::new(Duration::from_millis(window_ms)),
         prober: prober.is_some(),
         probe: prober.unwrap_or(ProberArgs::new(

@@ -1,0 +1,4 @@
+//! Fuzz target: see `autocrane_fuzz::data_report` for the input format and the properties checked.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| autocrane_fuzz::data_report::check(data));

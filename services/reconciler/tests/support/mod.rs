@@ -1,0 +1,433 @@
+//! The fixtures of the controller's end-to-end suites: kube-sim with its kubelet (pods are real
+//! local processes; images `autocrane:*` run the real `autocrane` binary, as the DataDeployer's
+//! injected containers need), the real `autocrane watchdog-listener`, controller replicas
+//! in-process as `autocrane controller` runs them, the real test workload, and what a user reads
+//! back through `kubectl`.
+#![allow(dead_code)] // each suite uses its own part
+
+use std::{collections::BTreeSet, path::Path, process::Command, time::Duration};
+
+use autocrane_reconciler::Args;
+use autocrane_runtime::{process::Process, shutdown::Shutdown};
+use autocrane_test_support::{Running, autocrane_bin, free_port, http_get, run, workspace_root};
+use clap::Parser;
+use k8s_openapi::api::{core::v1::Pod, events::v1::Event};
+use kube::{Api, ResourceExt, api::ListParams};
+
+#[derive(Parser, Debug)]
+pub(crate) struct Cli {
+    #[command(flatten)]
+    pub(crate) args: Args,
+}
+
+pub(crate) const NS: &str = "shop";
+pub(crate) const WAIT: Duration = Duration::from_secs(90);
+
+/// `kubectl …` against the simulator; panics with the output on failure.
+pub(crate) async fn kubectl(kubeconfig: &Path, args: &[&str]) -> String {
+    let (ok, out, err) = kubectl_run(kubeconfig, args).await;
+    assert!(ok, "kubectl {}: {out}{err}", args.join(" "));
+    out
+}
+
+/// `kubectl …` against the simulator: (succeeded, stdout, stderr).
+pub(crate) async fn kubectl_run(kubeconfig: &Path, args: &[&str]) -> (bool, String, String) {
+    let kubeconfig = kubeconfig.to_path_buf();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let cache = kubeconfig.with_file_name("kube-cache");
+        run(Command::new("kubectl")
+            .args(&args)
+            .env("KUBECONFIG", &kubeconfig)
+            .env("KUBECACHEDIR", cache))
+    })
+    .await
+    .unwrap()
+}
+
+pub(crate) fn deployment_yaml(name: &str, version: &str, replicas: u32) -> String {
+    format!(
+        r#"apiVersion: autocrane.io/v1alpha1
+kind: AutoCraneDeployment
+metadata:
+  name: {name}
+  namespace: {NS}
+spec:
+  replicas: {replicas}
+  version:
+    pinned: "{version}"
+  rollout:
+    steps:
+      - {{percent: 34, bake: 2s}}
+      - {{percent: 100}}
+    maxSurge: 1
+    maxUnavailable: 0
+  template:
+    metadata:
+      labels: {{app: {name}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+        - name: web
+          image: registry.local/web:placeholder
+          command: ["sleep", "3600"]
+"#
+    )
+}
+
+/// kube-sim with its kubelet and a WatchdogListener, the CRD installed, namespace [`NS`] created.
+pub(crate) struct Cluster {
+    pub(crate) sim: kube_sim::KubeSim,
+    pub(crate) kubelet: kubelet_sim::KubeletHandle,
+    /// `autocrane watchdog-listener` (killed on drop): keeps the pods' `autocrane.io/healthy`.
+    pub(crate) listener: Running,
+    /// Its gRPC address.
+    pub(crate) listener_addr: std::net::SocketAddr,
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) kubeconfig: std::path::PathBuf,
+}
+
+/// The real `autocrane watchdog-listener` against the cluster of `kubeconfig`, on free ports,
+/// anonymous calls allowed (no caller posts here: it only keeps the readiness-gate condition).
+pub(crate) async fn watchdog_listener(kubeconfig: &Path) -> (Running, std::net::SocketAddr) {
+    let grpc = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut command = Command::new(autocrane_bin());
+    command
+        .args(["watchdog-listener", "--listen", &grpc.to_string()])
+        .args(["--admin-listen", &admin.to_string()])
+        .arg("--insecure-allow-anonymous")
+        .env("KUBECONFIG", kubeconfig);
+    tokio::task::spawn_blocking(move || {
+        let listener = Running::spawn(command);
+        assert_eq!(listener.grpc_address(), grpc);
+        (listener, grpc)
+    })
+    .await
+    .unwrap()
+}
+
+impl Cluster {
+    pub(crate) async fn start() -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let sim = kube_sim::KubeSim::builder()
+            .kubelet_delay(None)
+            .start()
+            .await
+            .unwrap();
+        let kubeconfig = dir.path().join("kubeconfig");
+        sim.write_kubeconfig(&kubeconfig).unwrap();
+        let kubelet = kubelet_sim::Kubelet::builder(sim.client())
+            .node_name("sim-node")
+            .image_map(kubelet_sim::ImageMap::new().with("autocrane:*", autocrane_bin()))
+            .api_server(sim.https_url(), sim.ca_pem())
+            .start()
+            .await
+            .unwrap();
+        // `kubectl logs` serves what the kubelet captured, as on a real cluster.
+        let reader = kubelet.log_reader();
+        sim.serve_pod_logs(
+            move |ns: &str, pod: &str, container: &str, previous: bool| {
+                reader.read(ns, pod, container, previous)
+            },
+        );
+        let crd = workspace_root().join("deploy/crds/autocranedeployment.yaml");
+        kubectl(&kubeconfig, &["apply", "-f", crd.to_str().unwrap()]).await;
+        kubectl(&kubeconfig, &["create", "namespace", NS]).await;
+        let (listener, listener_addr) = watchdog_listener(&kubeconfig).await;
+        Cluster {
+            sim,
+            kubelet,
+            listener,
+            listener_addr,
+            dir,
+            kubeconfig,
+        }
+    }
+
+    pub(crate) async fn kubectl(&self, args: &[&str]) -> String {
+        kubectl(&self.kubeconfig, args).await
+    }
+
+    /// `kubectl …` whose failure is part of the answer (for diagnostics): stdout, or stderr.
+    pub(crate) async fn kubectl_lenient(&self, args: &[&str]) -> String {
+        let (ok, out, err) = kubectl_run(&self.kubeconfig, args).await;
+        if ok { out } else { err }
+    }
+
+    /// `kubectl apply` of `yaml`.
+    pub(crate) async fn apply(&self, yaml: &str) {
+        let file = self.dir.path().join("manifest.yaml");
+        std::fs::write(&file, yaml).unwrap();
+        self.kubectl(&["apply", "-f", file.to_str().unwrap()]).await;
+    }
+
+    /// A controller replica with `identity`, its Lease valid for `lease_secs`.
+    pub(crate) fn controller(&self, identity: &str, lease_secs: u64) -> Replica {
+        self.controller_with(identity, lease_secs, &[])
+    }
+
+    /// A controller replica as [`Cluster::controller`], with more flags.
+    pub(crate) fn controller_with(
+        &self,
+        identity: &str,
+        lease_secs: u64,
+        flags: &[&str],
+    ) -> Replica {
+        let admin = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let admin_flag = admin.to_string();
+        let lease_flag = lease_secs.to_string();
+        let mut argv = vec![
+            "controller",
+            "--admin-listen",
+            &admin_flag,
+            "--lease-namespace",
+            "default",
+            "--lease-duration-secs",
+            &lease_flag,
+            "--identity",
+            identity,
+        ];
+        argv.extend_from_slice(flags);
+        let cli = Cli::try_parse_from(argv).unwrap();
+        let (stop, shutdown) = Shutdown::new();
+        let task = tokio::spawn(autocrane_reconciler::run_with(
+            cli.args,
+            Process::new(shutdown),
+            self.sim.client(),
+        ));
+        Replica { stop, task, admin }
+    }
+
+    pub(crate) fn pods(&self) -> Api<Pod> {
+        Api::namespaced(self.sim.client(), NS)
+    }
+
+    /// Event reasons recorded on deployment `name`.
+    pub(crate) async fn event_reasons(&self, name: &str) -> BTreeSet<String> {
+        let events: Api<Event> = Api::namespaced(self.sim.client(), NS);
+        events
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+            .filter_map(|e| e.reason)
+            .collect()
+    }
+
+    pub(crate) async fn shutdown(self) {
+        drop(self.listener);
+        self.kubelet.shutdown().await;
+        self.sim.shutdown().await;
+    }
+}
+
+/// One running controller replica.
+pub(crate) struct Replica {
+    pub(crate) stop: autocrane_runtime::shutdown::ShutdownTrigger,
+    pub(crate) task: tokio::task::JoinHandle<Result<(), autocrane_reconciler::Error>>,
+    /// The admin listener (`/metrics`).
+    pub(crate) admin: std::net::SocketAddr,
+}
+
+impl Replica {
+    /// `autocrane_controller_reconciles_total` from `/metrics`.
+    pub(crate) async fn reconciles(&self) -> u64 {
+        let admin = self.admin;
+        let (status, text) = tokio::task::spawn_blocking(move || http_get(admin, "/metrics"))
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{text}");
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix("autocrane_controller_reconciles_total ")?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("no reconcile counter in {text}"))
+    }
+
+    /// The `/metrics` text.
+    pub(crate) async fn metrics(&self) -> String {
+        let admin = self.admin;
+        let (status, text) = tokio::task::spawn_blocking(move || http_get(admin, "/metrics"))
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{text}");
+        text
+    }
+
+    /// SIGTERM: stops acting and releases the Lease.
+    pub(crate) async fn stop(self) {
+        self.stop.trigger();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+/// The pods of the namespace that are not going away: (name, image, ready).
+pub(crate) async fn live_pods(pods: &Api<Pod>) -> Vec<(String, String, bool)> {
+    pods.list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .map(|p| {
+            let image = p.spec.as_ref().unwrap().containers[0]
+                .image
+                .clone()
+                .unwrap_or_default();
+            let ready = p
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            (p.name_any(), image, ready)
+        })
+        .collect()
+}
+
+/// An AutoCraneDeployment of the real test workload (`autocrane testworkload`, posting watchdog
+/// `app` every second with its pod-bound token): `error` when its version contains `bad`.
+pub(crate) fn testworkload_yaml(
+    name: &str,
+    version: &str,
+    replicas: u32,
+    threshold: &str,
+    listener: std::net::SocketAddr,
+) -> String {
+    let bin = autocrane_bin();
+    format!(
+        r#"apiVersion: autocrane.io/v1alpha1
+kind: AutoCraneDeployment
+metadata:
+  name: {name}
+  namespace: {NS}
+spec:
+  replicas: {replicas}
+  version:
+    pinned: "{version}"
+  rollout:
+    steps:
+      - {{percent: 34, bake: 1s}}
+      - {{percent: 100}}
+    maxSurge: 1
+    maxUnavailable: 0
+  failingLimit: {{errorThreshold: {threshold}, maxConcurrentRestarts: 1, maxRestartsPerPod: 2, window: 1h}}
+  template:
+    metadata:
+      labels: {{app: {name}}}
+    spec:
+      terminationGracePeriodSeconds: 2
+      containers:
+        - name: app
+          image: registry.local/testworkload:placeholder
+          command: ["{bin}", "testworkload"]
+          env:
+            - name: POD_IP
+              valueFrom: {{fieldRef: {{fieldPath: status.podIP}}}}
+            - name: POD_NAME
+              valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}
+            - name: POD_NAMESPACE
+              valueFrom: {{fieldRef: {{fieldPath: metadata.namespace}}}}
+            - {{name: AUTOCRANE_LISTEN, value: "$(POD_IP):0"}}
+            - {{name: AUTOCRANE_WATCHDOG_LISTENER, value: "http://{listener}"}}
+            - {{name: AUTOCRANE_TESTWORKLOAD_INTERVAL_SECS, value: "1"}}
+            - {{name: AUTOCRANE_TOKEN_FILE, value: /var/run/autocrane/token/token}}
+          volumeMounts:
+            - {{name: watchdog-token, mountPath: /var/run/autocrane/token, readOnly: true}}
+      volumes:
+        - name: watchdog-token
+          projected:
+            sources:
+              - serviceAccountToken: {{audience: autocrane-watchdog-listener, expirationSeconds: 3600, path: token}}
+"#,
+        bin = bin.display()
+    )
+}
+
+/// The pods of the namespace that are not going away, with their watchdog `app` level:
+/// (name, image, ready, level).
+pub(crate) async fn workload_pods(pods: &Api<Pod>) -> Vec<(String, String, bool, String)> {
+    let listed = pods.list(&ListParams::default()).await.unwrap().items;
+    listed
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .map(|p| {
+            let level = p
+                .annotations()
+                .get("status.autocrane.io/app")
+                .map(|v| {
+                    v.split(|c: char| !c.is_ascii_alphabetic())
+                        .find(|w| !w.is_empty())
+                        .unwrap_or("")
+                        .to_string()
+                })
+                .unwrap_or_default();
+            let image = p.spec.as_ref().unwrap().containers[0]
+                .image
+                .clone()
+                .unwrap_or_default();
+            let ready = p
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            (p.name_any(), image, ready, level)
+        })
+        .collect()
+}
+
+/// Scenario 3, pinned: a version whose pods post `error` (the real test workload, version
+/// `2.0-bad`) is rolled back within the error threshold plus a little, marked bad in the status
+/// and never retried, while the old version keeps serving (the pods the first step did not
+/// The in-process controller's logs in the test output (`RUST_LOG`, default: the controller at
+/// info), so a failing scenario shows what the controller decided.
+pub(crate) fn log_to_test_output() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "autocrane_reconciler=info,autocrane_controller=info".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
+
+/// `autocrane watchdog post` of an `error` watchdog `forced` (no expiry) for pod `name`.
+pub(crate) async fn force_error(listener: std::net::SocketAddr, name: &str) {
+    let pod = format!("{NS}/{name}");
+    let server = format!("http://{listener}");
+    tokio::task::spawn_blocking(move || {
+        let (ok, out, err) = run(Command::new(autocrane_bin()).args([
+            "watchdog",
+            "post",
+            "--server",
+            &server,
+            "--pod",
+            &pod,
+            "--name",
+            "forced",
+            "--level",
+            "error",
+            "--message",
+            "forced by the test",
+        ]));
+        assert!(ok, "watchdog post: {out}{err}");
+    })
+    .await
+    .unwrap();
+}
+
+/// The live pod of `slot` (the slot label; a restarted pod gets a new name in the same slot):
+/// its (name, uid), if one exists and is not going away.
+pub(crate) async fn in_slot(pods: &Api<Pod>, slot: &str) -> Option<(String, String)> {
+    let selector = format!("autocrane.io/slot={slot}");
+    pods.list(&ListParams::default().labels(&selector))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .find(|p| p.metadata.deletion_timestamp.is_none())
+        .map(|p| (p.name_any(), p.metadata.uid.unwrap_or_default()))
+}
