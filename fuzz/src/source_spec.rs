@@ -10,7 +10,8 @@
 //! and the poll interval (`<seconds> <nanos>`, empty for none).
 
 use autocrane_api::proto::version_v1 as pb;
-use autocrane_version_watcher::spec::{Policy, RegexOrder, Spec, Upstream, validate};
+use autocrane_version_watcher::grpc::spec_to_proto;
+use autocrane_version_watcher::spec::{Spec, Upstream, validate};
 
 fn flag(text: &str) -> bool {
     text == "true" || text == "1"
@@ -82,74 +83,6 @@ pub fn spec_of(text: &str) -> pb::SourceSpec {
     }
 }
 
-/// The proto form of a canonical spec (what a client that read it back would send).
-pub fn proto_of(spec: &Spec) -> pb::SourceSpec {
-    use pb::source_spec::Upstream as U;
-    use pb::version_policy::Policy as P;
-    let upstream = match &spec.upstream {
-        Upstream::Oci {
-            registry,
-            repository,
-            resolve_digests,
-        } => U::Oci(pb::OciSource {
-            registry: registry.clone(),
-            repository: repository.clone(),
-            resolve_digests: Some(*resolve_digests),
-        }),
-        Upstream::Git { url, git_ref, path } => U::Git(pb::GitSource {
-            url: url.clone(),
-            r#ref: git_ref.clone(),
-            path: path.clone(),
-        }),
-        Upstream::Http { url, json_pointer } => U::Http(pb::HttpSource {
-            url: url.clone(),
-            json_pointer: json_pointer.clone(),
-        }),
-        Upstream::Directory { path, version_file } => U::Directory(pb::DirectorySource {
-            path: path.clone(),
-            version_file: version_file.clone(),
-        }),
-    };
-    let policy = match &spec.policy {
-        Policy::Semver {
-            range,
-            include_prereleases,
-            allow_v_prefix,
-        } => P::Semver(pb::SemverPolicy {
-            range: range.clone(),
-            include_prereleases: *include_prereleases,
-            allow_v_prefix: *allow_v_prefix,
-        }),
-        Policy::Regex {
-            pattern,
-            capture,
-            order,
-        } => P::Regex(pb::RegexPolicy {
-            pattern: pattern.clone(),
-            capture: capture.clone(),
-            order: match order {
-                RegexOrder::Numeric => pb::RegexOrder::Numeric,
-                RegexOrder::Lexical => pb::RegexOrder::Lexical,
-                RegexOrder::Semver => pb::RegexOrder::Semver,
-            } as i32,
-        }),
-        Policy::Newest => P::Newest(pb::NewestPolicy {}),
-        Policy::Pin { version } => P::Pin(pb::PinPolicy {
-            version: version.clone(),
-        }),
-    };
-    pb::SourceSpec {
-        upstream: Some(upstream),
-        policy: Some(pb::VersionPolicy {
-            policy: Some(policy),
-        }),
-        poll_interval: Some(prost_types::Duration {
-            seconds: (spec.poll_interval_ms / 1000) as i64,
-            nanos: ((spec.poll_interval_ms % 1000) * 1_000_000) as i32,
-        }),
-    }
-}
-
 /// Checks one input.
 pub fn check(data: &[u8]) {
     let Some(text) = crate::text(data) else {
@@ -158,7 +91,8 @@ pub fn check(data: &[u8]) {
     let Ok(spec) = validate(Some(&spec_of(text)), "source") else {
         return;
     };
-    let again = validate(Some(&proto_of(&spec)), "source")
+    // The proto form the server answers with (what a client that read it back would send).
+    let again = validate(Some(&spec_to_proto(&spec)), "source")
         .unwrap_or_else(|e| panic!("the canonical form of {spec:?} is refused: {e}"));
     assert_eq!(again, spec, "canonicalising is not a fixed point");
     assert_eq!(again.source_id(), spec.source_id());

@@ -23,23 +23,13 @@ use support::*;
 /// The data source's name in the deployment.
 const SOURCE: &str = "catalog";
 
-/// An AutoCraneDeployment of the test workload (HTTP on `<pod IP>:8080`) with data source
-/// [`SOURCE`] from `git_url`, mounted at `/data`, one canary in three, baked `bake`. The error
-/// threshold (3 s) leaves the app, which reports every second, time to report on the data it has
-/// after a switch, as a user would set it.
+/// An AutoCraneDeployment of the test workload with data source [`SOURCE`] from `git_url`,
+/// mounted at `/data`, one canary in three, baked `bake`. The error threshold (3 s) leaves the
+/// app, which reports every second, time to report on the data it has after a switch, as a user
+/// would set it.
 fn data_deployment_yaml(name: &str, git_url: &str, listener: SocketAddr, bake: &str) -> String {
-    let bin = autocrane_test_support::autocrane_bin();
-    format!(
-        r#"apiVersion: autocrane.io/v1alpha1
-kind: AutoCraneDeployment
-metadata:
-  name: {name}
-  namespace: {NS}
-spec:
-  replicas: 3
-  version:
-    pinned: "1.0"
-  data:
+    let data = format!(
+        r#"  data:
     - name: {SOURCE}
       mountPath: /data
       source:
@@ -48,37 +38,9 @@ spec:
   dataRollout:
     canaryPercent: 33
     bake: {bake}
-  failingLimit: {{errorThreshold: 3s, maxConcurrentRestarts: 1, maxRestartsPerPod: 2, window: 1h}}
-  template:
-    metadata:
-      labels: {{app: {name}}}
-    spec:
-      terminationGracePeriodSeconds: 2
-      containers:
-        - name: app
-          image: registry.local/testworkload:placeholder
-          command: ["{bin}", "testworkload"]
-          env:
-            - name: POD_IP
-              valueFrom: {{fieldRef: {{fieldPath: status.podIP}}}}
-            - name: POD_NAME
-              valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}
-            - name: POD_NAMESPACE
-              valueFrom: {{fieldRef: {{fieldPath: metadata.namespace}}}}
-            - {{name: AUTOCRANE_LISTEN, value: "$(POD_IP):8080"}}
-            - {{name: AUTOCRANE_WATCHDOG_LISTENER, value: "http://{listener}"}}
-            - {{name: AUTOCRANE_TESTWORKLOAD_INTERVAL_SECS, value: "1"}}
-            - {{name: AUTOCRANE_TOKEN_FILE, value: /var/run/autocrane/token/token}}
-          volumeMounts:
-            - {{name: watchdog-token, mountPath: /var/run/autocrane/token, readOnly: true}}
-      volumes:
-        - name: watchdog-token
-          projected:
-            sources:
-              - serviceAccountToken: {{audience: autocrane-watchdog-listener, expirationSeconds: 3600, path: token}}
-"#,
-        bin = bin.display()
-    )
+"#
+    );
+    testworkload_yaml_with(name, "1.0", 3, "3s", listener, &data)
 }
 
 /// One live pod as the test sees it.

@@ -408,12 +408,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // A limit of one byte rotates the segment after every batch.
         let (committer, _batches) = started(dir.path(), 1);
-        let a = committer.submit([("http-a".to_string(), b"{}".to_vec(), 1)]);
-        committer.durable(a).await.unwrap();
-        // Something in the way of the next segment makes the next write fail.
+        // Something in the way of the segment after the open one makes the write after `a`
+        // fail. Looked up now, while the open segment is the only one: once `a` is durable, its
+        // full segment is folded and deleted in the background.
         let store = Store::open(dir.path()).unwrap();
         let blocked = store.segment_path(store.segments().unwrap().last().unwrap() + 1);
         std::fs::create_dir(&blocked).unwrap();
+        let a = committer.submit([("http-a".to_string(), b"{}".to_vec(), 1)]);
+        committer.durable(a).await.unwrap();
         let b = committer.submit([("http-b".to_string(), b"{}".to_vec(), 2)]);
         assert!(
             committer.durable(b).await.is_err(),

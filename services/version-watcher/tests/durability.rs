@@ -106,9 +106,12 @@ async fn a_thousand_sources_added_together_are_on_disk_on_return_after_few_fsync
         counters.batches.get()
     );
     // 2,000 changes (a creation and a first probe per source; two of one source that meet in
-    // a batch are written once, as its latest state).
+    // a batch are written once, as its latest state). Without group commit each took two fsyncs
+    // (4,000). How many share a batch depends on how fast the probes finish against one fsync:
+    // about 20 per batch on an idle machine, 10 on a loaded CI machine (200 fsyncs seen), so the
+    // bound is one fsync per five changes.
     assert!(
-        syncs < 100,
+        syncs <= 400,
         "2,000 source changes took {syncs} fsyncs: the group commit no longer groups"
     );
     let persisted = on_disk(state.path());

@@ -289,14 +289,28 @@ pub(crate) async fn live_pods(pods: &Api<Pod>) -> Vec<(String, String, bool)> {
         .collect()
 }
 
-/// An AutoCraneDeployment of the real test workload (`autocrane testworkload`, posting watchdog
-/// `app` every second with its pod-bound token): `error` when its version contains `bad`.
+/// An AutoCraneDeployment of the real test workload (`autocrane testworkload`, serving HTTP on
+/// `<pod IP>:8080` and posting watchdog `app` every second with its pod-bound token): `error` when
+/// its version contains `bad`.
 pub(crate) fn testworkload_yaml(
     name: &str,
     version: &str,
     replicas: u32,
     threshold: &str,
     listener: std::net::SocketAddr,
+) -> String {
+    testworkload_yaml_with(name, version, replicas, threshold, listener, "")
+}
+
+/// [`testworkload_yaml`] with `more_spec` (YAML at the level of `spec`'s fields, indented two
+/// spaces, each line ending in a newline) added to the spec.
+pub(crate) fn testworkload_yaml_with(
+    name: &str,
+    version: &str,
+    replicas: u32,
+    threshold: &str,
+    listener: std::net::SocketAddr,
+    more_spec: &str,
 ) -> String {
     let bin = autocrane_bin();
     format!(
@@ -316,7 +330,7 @@ spec:
     maxSurge: 1
     maxUnavailable: 0
   failingLimit: {{errorThreshold: {threshold}, maxConcurrentRestarts: 1, maxRestartsPerPod: 2, window: 1h}}
-  template:
+{more_spec}  template:
     metadata:
       labels: {{app: {name}}}
     spec:
@@ -332,7 +346,7 @@ spec:
               valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}
             - name: POD_NAMESPACE
               valueFrom: {{fieldRef: {{fieldPath: metadata.namespace}}}}
-            - {{name: AUTOCRANE_LISTEN, value: "$(POD_IP):0"}}
+            - {{name: AUTOCRANE_LISTEN, value: "$(POD_IP):8080"}}
             - {{name: AUTOCRANE_WATCHDOG_LISTENER, value: "http://{listener}"}}
             - {{name: AUTOCRANE_TESTWORKLOAD_INTERVAL_SECS, value: "1"}}
             - {{name: AUTOCRANE_TOKEN_FILE, value: /var/run/autocrane/token/token}}
