@@ -23,7 +23,11 @@ use support::*;
 /// The data source's name in the deployment.
 const SOURCE: &str = "catalog";
 
-/// An AutoCraneDeployment of the test workload with data source [`SOURCE`] from `git_url`,
+/// The test workload's HTTP port on its pod IP (this binary runs one cluster at a time).
+const APP_PORT: u16 = 8080;
+
+/// An AutoCraneDeployment of the test workload (HTTP on `<pod IP>:`[`APP_PORT`]) with data
+/// source [`SOURCE`] from `git_url`,
 /// mounted at `/data`, one canary in three, baked `bake`. The error threshold (3 s) leaves the
 /// app, which reports every second, time to report on the data it has after a switch, as a user
 /// would set it.
@@ -40,7 +44,7 @@ fn data_deployment_yaml(name: &str, git_url: &str, listener: SocketAddr, bake: &
     bake: {bake}
 "#
     );
-    testworkload_yaml_with(name, "1.0", 3, "3s", listener, &data)
+    testworkload_yaml_with(name, "1.0", 3, "3s", listener, APP_PORT, &data)
 }
 
 /// One live pod as the test sees it.
@@ -90,7 +94,7 @@ async fn data_pods(pods: &Api<Pod>) -> Vec<DataPod> {
 
 /// The test workload's `/status` of a pod: (pid, startedAt).
 async fn app_process(ip: &str) -> Option<(u64, String)> {
-    let address: SocketAddr = format!("{ip}:8080").parse().ok()?;
+    let address: SocketAddr = format!("{ip}:{APP_PORT}").parse().ok()?;
     let (status, body) = tokio::task::spawn_blocking(move || http_get(address, "/status"))
         .await
         .unwrap();

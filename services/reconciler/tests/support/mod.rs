@@ -290,8 +290,8 @@ pub(crate) async fn live_pods(pods: &Api<Pod>) -> Vec<(String, String, bool)> {
 }
 
 /// An AutoCraneDeployment of the real test workload (`autocrane testworkload`, serving HTTP on
-/// `<pod IP>:8080` and posting watchdog `app` every second with its pod-bound token): `error` when
-/// its version contains `bad`.
+/// its pod IP, any port, and posting watchdog `app` every second with its pod-bound token):
+/// `error` when its version contains `bad`.
 pub(crate) fn testworkload_yaml(
     name: &str,
     version: &str,
@@ -299,17 +299,20 @@ pub(crate) fn testworkload_yaml(
     threshold: &str,
     listener: std::net::SocketAddr,
 ) -> String {
-    testworkload_yaml_with(name, version, replicas, threshold, listener, "")
+    testworkload_yaml_with(name, version, replicas, threshold, listener, 0, "")
 }
 
-/// [`testworkload_yaml`] with `more_spec` (YAML at the level of `spec`'s fields, indented two
-/// spaces, each line ending in a newline) added to the spec.
+/// [`testworkload_yaml`] serving HTTP on `<pod IP>:<port>` (0: any), with `more_spec` (YAML at
+/// the level of `spec`'s fields, indented two spaces, each line ending in a newline) added to the
+/// spec. A fixed port only where the test reads it: pod IPs of two clusters a test binary runs at
+/// once may coincide (each kubelet-sim picks its network at random).
 pub(crate) fn testworkload_yaml_with(
     name: &str,
     version: &str,
     replicas: u32,
     threshold: &str,
     listener: std::net::SocketAddr,
+    port: u16,
     more_spec: &str,
 ) -> String {
     let bin = autocrane_bin();
@@ -346,7 +349,7 @@ spec:
               valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}
             - name: POD_NAMESPACE
               valueFrom: {{fieldRef: {{fieldPath: metadata.namespace}}}}
-            - {{name: AUTOCRANE_LISTEN, value: "$(POD_IP):8080"}}
+            - {{name: AUTOCRANE_LISTEN, value: "$(POD_IP):{port}"}}
             - {{name: AUTOCRANE_WATCHDOG_LISTENER, value: "http://{listener}"}}
             - {{name: AUTOCRANE_TESTWORKLOAD_INTERVAL_SECS, value: "1"}}
             - {{name: AUTOCRANE_TOKEN_FILE, value: /var/run/autocrane/token/token}}
