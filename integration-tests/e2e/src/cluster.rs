@@ -435,6 +435,20 @@ impl TestCluster {
         }
     }
 
+    /// `deploy/rbac.yaml` applied with kubectl, then namespace `namespace` with a ServiceAccount
+    /// per name in `accounts`: the set-up of the tests that call AutoCrane's servers as their
+    /// installed identities and as apps' ServiceAccounts.
+    pub async fn install_rbac_with_accounts(&self, namespace: &str, accounts: &[&str]) {
+        let rbac = crate::workspace_root().join("deploy/rbac.yaml");
+        self.kubectl_ok(&["apply", "-f", rbac.to_str().unwrap()])
+            .await;
+        self.kubectl_ok(&["create", "namespace", namespace]).await;
+        for account in accounts {
+            self.kubectl_ok(&["create", "serviceaccount", account, "-n", namespace])
+                .await;
+        }
+    }
+
     /// [`kubectl`](Self::kubectl) that must succeed; returns its stdout.
     pub async fn kubectl_ok(&self, args: &[&str]) -> String {
         let output = self.kubectl(args).await;

@@ -14,7 +14,6 @@ use std::{net::SocketAddr, process::Command, time::Duration};
 
 use autocrane_test_support::{
     ClusterOptions, Running, TestCluster, accepting, autocrane_bin, eventually, free_port, run,
-    workspace_root,
 };
 use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, ResourceExt, api::PostParams};
@@ -100,16 +99,9 @@ async fn pods_post_their_own_watchdogs_with_their_projected_token_and_rbac_guard
     // Built before the cluster starts, so its start is not raced by cargo.
     let autocrane = autocrane_bin();
     let cluster = TestCluster::start(ClusterOptions::new().with_kubelet()).await;
-    let rbac = workspace_root().join("deploy/rbac.yaml");
     cluster
-        .kubectl_ok(&["apply", "-f", rbac.to_str().unwrap()])
+        .install_rbac_with_accounts(NS, &["web", "ops", "nobody"])
         .await;
-    cluster.kubectl_ok(&["create", "namespace", NS]).await;
-    for account in ["web", "ops", "nobody"] {
-        cluster
-            .kubectl_ok(&["create", "serviceaccount", account, "-n", NS])
-            .await;
-    }
 
     // The listener as installed: its own ServiceAccount, no anonymous calls.
     let listener_kubeconfig = cluster

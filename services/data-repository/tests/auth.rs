@@ -18,7 +18,7 @@ use autocrane_api::proto::{
     version_v1::{self as vpb, version_watcher_client::VersionWatcherClient},
 };
 use autocrane_test_support::{
-    ClusterOptions, Running, TestCluster, accepting, autocrane_bin, free_port, workspace_root,
+    ClusterOptions, Running, TestCluster, accepting, autocrane_bin, free_port,
 };
 use tonic::{Code, Request, Status, transport::Channel};
 
@@ -320,16 +320,9 @@ async fn every_rpc_of_both_servers_is_authenticated_and_authorised_with_real_tok
     // Built before the cluster starts, so its start is not raced by cargo.
     autocrane_bin();
     let cluster = TestCluster::start(ClusterOptions::new()).await;
-    let rbac = workspace_root().join("deploy/rbac.yaml");
     cluster
-        .kubectl_ok(&["apply", "-f", rbac.to_str().unwrap()])
+        .install_rbac_with_accounts(NS, &["web", "ops", "nobody"])
         .await;
-    cluster.kubectl_ok(&["create", "namespace", NS]).await;
-    for account in ["web", "ops", "nobody"] {
-        cluster
-            .kubectl_ok(&["create", "serviceaccount", account, "-n", NS])
-            .await;
-    }
     // `ops` may do everything on both servers; `nobody` has no grant; `web` is the app whose
     // pod runs a DataDeployer.
     // (As YAML: `kubectl create clusterrole` refuses resources the server does not serve; no
