@@ -10,6 +10,7 @@
 //! | [`http_origin`] | [`HttpOrigin`], archives served with ETags; [`post_sink`], bodies POSTed recorded |
 //! | [`data`] | deterministic bytes, raw tar archives, gzip |
 //! | [`stack`] | [`DataStack`]: a VersionWatcher and a DataRepository as `autocrane` processes |
+//! | [`secrets`] | [`assert_no_secrets`] in logs and [`command_line`]s: tokens and keys the test handled, and anything shaped like a credential |
 //!
 //! A missing tool is a test failure with a message saying how to install it, never a skip. It
 //! depends on no AutoCrane crate, so any crate can dev-depend on it; the simulators it starts
@@ -21,6 +22,7 @@ pub mod data;
 pub mod git;
 pub mod http_origin;
 pub mod process;
+pub mod secrets;
 pub mod stack;
 
 pub use cluster::{Backend, ClusterOptions, KubectlOutput, TestCluster};
@@ -28,6 +30,7 @@ pub use data::{RawEntry, file, gzip, noise, raw_tar, strings, symlink};
 pub use git::{GitRepo, GitServer, git};
 pub use http_origin::{HttpOrigin, post_sink};
 pub use process::{Launch, Running, is_alive, processes_in_group};
+pub use secrets::{assert_no_secrets, assert_traced, command_line};
 pub use stack::{DataStack, accepting};
 
 use std::{

@@ -9,11 +9,15 @@
 //! - a person's ServiceAccount posts for the pod once a RoleBinding of
 //!   `autocrane-watchdog-writer` lets it (SubjectAccessReview): the pod turns unready; without
 //!   the binding, or with a forged token, the post is refused.
+//!
+//! The listener logs at `--log trace`, and no token — its own, the pods', the people's, the
+//! forged one — appears in its log, its command line, or the pods' logs.
 
 use std::{net::SocketAddr, process::Command, time::Duration};
 
 use autocrane_test_support::{
-    ClusterOptions, Running, TestCluster, accepting, autocrane_bin, eventually, free_port, run,
+    ClusterOptions, Running, TestCluster, accepting, assert_no_secrets, assert_traced,
+    autocrane_bin, command_line, eventually, free_port, run,
 };
 use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, ResourceExt, api::PostParams};
@@ -111,9 +115,8 @@ async fn pods_post_their_own_watchdogs_with_their_projected_token_and_rbac_guard
     let mut command = Command::new(&autocrane);
     command
         .args(["watchdog-listener", "--listen", &listener.to_string()])
-        .args(["--admin-listen", "off"])
-        .env("KUBECONFIG", &listener_kubeconfig)
-        .env("AUTOCRANE_LOG", "info");
+        .args(["--admin-listen", "off", "--log", "trace"])
+        .env("KUBECONFIG", &listener_kubeconfig);
     let listener_process = Running::logged("watchdog-listener", command, cluster.dir());
     accepting(listener).await;
 
@@ -175,16 +178,16 @@ async fn pods_post_their_own_watchdogs_with_their_projected_token_and_rbac_guard
 
     // A ServiceAccount with no grant on watchdogs is refused, a forged token too.
     let token_file = cluster.dir().join("token");
-    std::fs::write(
-        &token_file,
-        cluster.service_account_token(NS, "nobody").await,
-    )
-    .unwrap();
-    let (ok, output) = post_as(listener, &token_file, "web-0", "error").await;
-    assert!(!ok && output.contains("PermissionDenied"), "{output}");
+    let nobody = cluster.service_account_token(NS, "nobody").await;
+    std::fs::write(&token_file, &nobody).unwrap();
+    let (ok, denied) = post_as(listener, &token_file, "web-0", "error").await;
+    assert!(!ok && denied.contains("PermissionDenied"), "{denied}");
     std::fs::write(&token_file, "forged.token.value").unwrap();
-    let (ok, output) = post_as(listener, &token_file, "web-0", "error").await;
-    assert!(!ok && output.contains("Unauthenticated"), "{output}");
+    let (ok, unauthenticated) = post_as(listener, &token_file, "web-0", "error").await;
+    assert!(
+        !ok && unauthenticated.contains("Unauthenticated"),
+        "{unauthenticated}"
+    );
 
     // With a RoleBinding of autocrane-watchdog-writer, `ops` may: the pod turns unready.
     cluster
@@ -200,7 +203,8 @@ async fn pods_post_their_own_watchdogs_with_their_projected_token_and_rbac_guard
             "shop:ops",
         ])
         .await;
-    std::fs::write(&token_file, cluster.service_account_token(NS, "ops").await).unwrap();
+    let ops = cluster.service_account_token(NS, "ops").await;
+    std::fs::write(&token_file, &ops).unwrap();
     // The listener caches a denial for 2 s, RBAC may take a moment: retry until allowed.
     eventually(WAIT, "ops's post to be allowed", || {
         let token_file = token_file.clone();
@@ -221,6 +225,25 @@ async fn pods_post_their_own_watchdogs_with_their_projected_token_and_rbac_guard
     // (kubectl's READY column counts ready containers; the pod's Ready condition is above.)
     assert!(row.ends_with("error"), "{table}");
 
+    // No token in any log or command line: the listener's own (from its kubeconfig), the
+    // people's, the forged one; the pods' projected tokens are caught by their JWT shape.
+    let kubeconfig: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&listener_kubeconfig).unwrap()).unwrap();
+    let own = kubeconfig["users"][0]["user"]["token"]
+        .as_str()
+        .expect("the listener's kubeconfig holds its token")
+        .to_string();
+    let known = [own.as_str(), &nobody, &ops, "forged.token.value"];
+    let log = listener_process.log_text();
+    assert_traced("the WatchdogListener", &log, 100);
+    assert_no_secrets("the WatchdogListener's log", &log, &known);
+    assert_no_secrets(
+        "the WatchdogListener's command line",
+        &command_line(listener_process.pid()),
+        &known,
+    );
+    assert_no_secrets("the pods' log", &logs, &known);
+    assert_no_secrets("the CLI's refusals", &(denied + &unauthenticated), &known);
     drop(listener_process);
     cluster.stop().await;
 }

@@ -8,8 +8,8 @@ use std::{path::Path, time::Duration};
 use autocrane_data_deployer::desired::version_dir;
 
 use autocrane_test_support::{
-    GitRepo, GitServer, HttpOrigin, Running, autocrane_bin, eventually, file, free_port, gzip,
-    noise, post_sink, raw_tar,
+    GitRepo, GitServer, HttpOrigin, Running, assert_no_secrets, assert_traced, autocrane_bin,
+    command_line, eventually, file, free_port, gzip, noise, post_sink, raw_tar,
 };
 mod support;
 use support::{
@@ -287,9 +287,11 @@ async fn outcomes_are_reported_as_the_data_watchdog_through_the_watchdog_listene
             &format!("127.0.0.1:{listener_port}"),
             "--admin-listen",
             "off",
+            "--log",
+            "trace",
         ])
         .env("KUBECONFIG", &kubeconfig);
-    let _listener = Running::logged("watchdog-listener", listener_cmd, dir.path());
+    let listener = Running::logged("watchdog-listener", listener_cmd, dir.path());
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, &token).unwrap();
 
@@ -297,7 +299,7 @@ async fn outcomes_are_reported_as_the_data_watchdog_through_the_watchdog_listene
     let mut podinfo = PodInfo::new(&dir.path().join("podinfo"));
     podinfo.want("rules", "v1");
     let watchdog_url = format!("http://127.0.0.1:{listener_port}");
-    let _sidecar = deployer(
+    let sidecar = deployer(
         "sidecar",
         &stack,
         &root,
@@ -312,6 +314,8 @@ async fn outcomes_are_reported_as_the_data_watchdog_through_the_watchdog_listene
             "default",
             "--pod-name",
             "app-0",
+            "--log",
+            "trace",
         ],
         "sidecar",
     );
@@ -347,4 +351,16 @@ async fn outcomes_are_reported_as_the_data_watchdog_through_the_watchdog_listene
         "{failed}"
     );
     println!("status.autocrane.io/data-rules: {applied} -> {failed}");
+
+    // Both logged at trace, and neither shows the token it sent or reviewed.
+    for (name, process) in [("DataDeployer", &sidecar), ("WatchdogListener", &listener)] {
+        let log = process.log_text();
+        assert_traced(name, &log, 50);
+        assert_no_secrets(&format!("the {name}'s log"), &log, &[&token]);
+        assert_no_secrets(
+            &format!("the {name}'s command line"),
+            &command_line(process.pid()),
+            &[&token],
+        );
+    }
 }

@@ -10,6 +10,10 @@
 //!
 //! The DataRepository calls the VersionWatcher with its own ServiceAccount's token (granted
 //! `get`/`watch` on `versions` by `deploy/rbac.yaml`): tracking a source proves it.
+//!
+//! Both servers log at `--log trace` (every crate's spans and events, the HTTP/2 frames and the
+//! Kubernetes client's requests included), and no token the test handled — nor anything shaped
+//! like a credential — appears in their logs or command lines.
 
 use std::{fmt::Debug, net::SocketAddr, path::Path, process::Command};
 
@@ -18,7 +22,8 @@ use autocrane_api::proto::{
     version_v1::{self as vpb, version_watcher_client::VersionWatcherClient},
 };
 use autocrane_test_support::{
-    ClusterOptions, Running, TestCluster, accepting, autocrane_bin, free_port,
+    ClusterOptions, Running, TestCluster, accepting, assert_no_secrets, assert_traced,
+    autocrane_bin, command_line, free_port,
 };
 use tonic::{Code, Request, Status, transport::Channel};
 
@@ -309,7 +314,7 @@ async fn start_server(
         .args(args)
         .args(["--listen", &address.to_string(), "--admin-listen", "off"])
         .env("KUBECONFIG", &kubeconfig)
-        .env("AUTOCRANE_LOG", "info");
+        .args(["--log", "trace"]);
     let process = Running::logged(account, command, dir);
     accepting(address).await;
     (process, format!("http://{address}"))
@@ -357,7 +362,7 @@ async fn every_rpc_of_both_servers_is_authenticated_and_authorised_with_real_tok
     let spec = dir_spec(&source);
     let allow = dir.path().to_str().unwrap().to_string();
 
-    let (_vw, vw_url) = start_server(
+    let (vw, vw_url) = start_server(
         &cluster,
         "autocrane-version-watcher",
         &[
@@ -381,7 +386,7 @@ async fn every_rpc_of_both_servers_is_authenticated_and_authorised_with_real_tok
             .await,
     )
     .unwrap();
-    let (_repo, repo_url) = start_server(
+    let (repo_process, repo_url) = start_server(
         &cluster,
         "autocrane-data-repository",
         &[
@@ -517,5 +522,26 @@ async fn every_rpc_of_both_servers_is_authenticated_and_authorised_with_real_tok
     untrack(&mut repo, Some(&ops), &id)
         .await
         .expect("ops may untrack");
+
+    // Nothing of what either server was handed shows in its logs or its command line.
+    let repository_token = std::fs::read_to_string(&repository_token).unwrap();
+    let known = [
+        ops.as_str(),
+        nobody.as_str(),
+        pod_token.as_str(),
+        listener_token.as_str(),
+        repository_token.as_str(),
+        "forged.token.value",
+    ];
+    for (name, process) in [("VersionWatcher", &vw), ("DataRepository", &repo_process)] {
+        let log = process.log_text();
+        assert_traced(name, &log, 100);
+        assert_no_secrets(&format!("the {name}'s log"), &log, &known);
+        assert_no_secrets(
+            &format!("the {name}'s command line"),
+            &command_line(process.pid()),
+            &known,
+        );
+    }
     cluster.stop().await;
 }

@@ -178,7 +178,7 @@ impl Watcher {
             server: autocrane_runtime::args::ServerArgs::local(grpc),
             state_dir: state.path().to_path_buf(),
             webhook_listen: autocrane_runtime::args::OptionalAddr(Some(webhook)),
-            webhook_token: None,
+            webhook_token_file: None,
             registry_credentials: None,
             upstream_rate: limiter::DEFAULT_RATE,
             upstream_burst: limiter::DEFAULT_BURST,

@@ -58,9 +58,12 @@ pub struct Args {
     #[arg(long, env = "AUTOCRANE_WEBHOOK_LISTEN", default_value = "127.0.0.1:7071", value_parser = parse_optional_addr)]
     pub webhook_listen: OptionalAddr,
 
-    /// Bearer token the webhook requires (`Authorization: Bearer <token>`); unset accepts any caller.
-    #[arg(long, env = "AUTOCRANE_WEBHOOK_TOKEN", hide_env_values = true)]
-    pub webhook_token: Option<String>,
+    /// File holding the bearer token the webhook requires (`Authorization: Bearer <token>`), for
+    /// example a mounted Secret; unset accepts any caller (a webhook only brings a probe forward,
+    /// it changes no state). A file, not a flag value: a token on the command line would show in
+    /// every process list.
+    #[arg(long, env = "AUTOCRANE_WEBHOOK_TOKEN_FILE")]
+    pub webhook_token_file: Option<PathBuf>,
 
     /// Registry credentials, a docker config.json (`{"auths": {"host": {"auth": "…"}}}`).
     #[arg(long, env = "AUTOCRANE_REGISTRY_CREDENTIALS")]
@@ -107,6 +110,9 @@ pub enum Error {
     /// The state directory could not be opened or read.
     #[error("opening the state directory")]
     OpenState(#[source] store::StoreError),
+    /// The webhook token file could not be read, or is empty.
+    #[error("{0}")]
+    WebhookToken(String),
     /// The registry credentials could not be read.
     #[error("loading registry credentials")]
     LoadCredentials(#[source] upstream::oci::CredentialsError),
@@ -124,7 +130,7 @@ pub async fn run(args: Args, process: Process) -> Result<(), Error> {
         server,
         state_dir,
         webhook_listen,
-        webhook_token,
+        webhook_token_file,
         registry_credentials,
         upstream_rate,
         upstream_burst,
@@ -173,6 +179,11 @@ pub async fn run(args: Args, process: Process) -> Result<(), Error> {
     )
     .map_err(Error::OpenState)?;
     if let OptionalAddr(Some(addr)) = webhook_listen {
+        let webhook_token = webhook_token_file
+            .as_deref()
+            .map(webhook::read_token_file)
+            .transpose()
+            .map_err(Error::WebhookToken)?;
         let (_, serve) = webhook::bind(addr, hub.clone(), webhook_token)
             .await
             .map_err(Error::BindWebhook)?;

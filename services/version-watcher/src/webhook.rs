@@ -9,8 +9,9 @@
 //! - `POST /hooks/<source_id>`: probes one source (for git hosting webhooks, CI jobs, people).
 //!
 //! Both answer at once (202) and never wait for the probe: a registry blocks its notification
-//! queue on slow endpoints. With `--webhook-token` every request needs
-//! `Authorization: Bearer <token>`.
+//! queue on slow endpoints. With `--webhook-token-file` every request needs
+//! `Authorization: Bearer <token>` (compared in constant time; the token is read from a file, as
+//! a mounted Secret, so it never shows in the process list).
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc};
 
@@ -134,6 +135,31 @@ pub async fn bind(
     Ok((local, serve))
 }
 
+/// Reads the webhook token from `path` (`--webhook-token-file`): the file's text without
+/// surrounding whitespace, which must not be empty (an empty token would be a typo that opens the
+/// webhook to everyone).
+pub fn read_token_file(path: &std::path::Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|err| format!("--webhook-token-file {}: {err}", path.display()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(format!(
+            "--webhook-token-file {}: the file is empty",
+            path.display()
+        ));
+    }
+    Ok(token.to_string())
+}
+
+/// Whether an `Authorization` header carries `Bearer <token>`. The comparison takes the same time
+/// wherever the first difference is, so response times do not reveal the token byte by byte.
+fn bearer_matches(header: Option<&http::HeaderValue>, token: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    header
+        .and_then(|value| value.as_bytes().strip_prefix(b"Bearer "))
+        .is_some_and(|given| bool::from(given.ct_eq(token.as_bytes())))
+}
+
 fn reply(status: StatusCode, text: impl Into<String>) -> Response<Full<Bytes>> {
     Response::builder()
         .status(status)
@@ -147,18 +173,13 @@ async fn handle(
     token: Arc<Option<String>>,
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    if let Some(token) = token.as_deref() {
-        let given = request
-            .headers()
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if given != Some(token) {
-            return Ok(reply(
-                StatusCode::UNAUTHORIZED,
-                "missing or wrong bearer token",
-            ));
-        }
+    if let Some(token) = token.as_deref()
+        && !bearer_matches(request.headers().get(http::header::AUTHORIZATION), token)
+    {
+        return Ok(reply(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token",
+        ));
     }
     if request.method() != Method::POST {
         return Ok(reply(StatusCode::METHOD_NOT_ALLOWED, "use POST"));
@@ -213,6 +234,41 @@ async fn handle(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_exact_bearer_token_is_accepted() {
+        let header = |text: &str| http::HeaderValue::from_str(text).unwrap();
+        assert!(bearer_matches(Some(&header("Bearer s3cret")), "s3cret"));
+        for wrong in [
+            "Bearer s3cre",
+            "Bearer s3cretX",
+            "bearer s3cret",
+            "s3cret",
+            "Bearer ",
+        ] {
+            assert!(!bearer_matches(Some(&header(wrong)), "s3cret"), "{wrong}");
+        }
+        assert!(!bearer_matches(None, "s3cret"));
+    }
+
+    #[test]
+    fn the_token_file_is_trimmed_and_must_not_be_empty() {
+        let dir = std::env::temp_dir().join(format!("vw-webhook-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("token");
+        std::fs::write(&file, "s3cret\n").unwrap();
+        assert_eq!(read_token_file(&file).unwrap(), "s3cret");
+        std::fs::write(&file, " \n").unwrap();
+        let empty = read_token_file(&file).unwrap_err();
+        assert!(
+            empty.contains("--webhook-token-file") && empty.contains("empty"),
+            "{empty}"
+        );
+        let missing = read_token_file(&dir.join("absent")).unwrap_err();
+        assert!(missing.contains("--webhook-token-file"), "{missing}");
+        assert!(!missing.contains("s3cret"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn manifest_pushes_are_picked_from_the_envelope() {

@@ -335,7 +335,7 @@ impl InProcess {
             server: ServerArgs::local(grpc),
             state_dir: state_dir.to_path_buf(),
             webhook_listen: OptionalAddr(Some(webhook)),
-            webhook_token: None,
+            webhook_token_file: None,
             registry_credentials: credentials,
             upstream_rate: 200.0,
             upstream_burst: 200,
