@@ -36,7 +36,8 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).trim().to_string()
 }
 
-/// A git working repository on branch `main`.
+/// A git working repository on branch `main`. The servers take no `file://` or local-path
+/// remotes: serve it with [`GitServer::serve`] on its parent directory.
 #[derive(Debug)]
 pub struct GitRepo {
     /// The work tree.
@@ -72,11 +73,6 @@ impl GitRepo {
         self.git(&["add", "-A"]);
         self.git(&["commit", "-q", "--allow-empty", "-m", "change"]);
         self.git(&["rev-parse", "HEAD"])
-    }
-
-    /// The `file://` URL.
-    pub fn url(&self) -> String {
-        format!("file://{}", self.path.display())
     }
 }
 

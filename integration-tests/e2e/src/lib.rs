@@ -234,3 +234,22 @@ where
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
+
+/// A host name other than `localhost` that `/etc/hosts` maps to a loopback address: it resolves
+/// without any DNS server, and nothing in the name says "loopback", so only a check of the
+/// *resolved* address refuses it (the egress tests' stand-in for a name that rebinds to
+/// 127.0.0.1). Panics when `/etc/hosts` has none.
+pub fn loopback_alias() -> String {
+    let hosts = std::fs::read_to_string("/etc/hosts").expect("reading /etc/hosts");
+    hosts
+        .lines()
+        .filter_map(|line| {
+            let mut words = line.split('#').next()?.split_whitespace();
+            let address: std::net::IpAddr = words.next()?.parse().ok()?;
+            (address == std::net::IpAddr::from([127, 0, 0, 1])).then_some(words)
+        })
+        .flatten()
+        .find(|name| !name.contains("localhost"))
+        .expect("/etc/hosts maps no name besides localhost to 127.0.0.1 (add e.g. `127.0.0.1 vm`)")
+        .to_string()
+}

@@ -1,6 +1,10 @@
 //! [`DataStack`]: a VersionWatcher and a DataRepository as real `autocrane` processes, the
 //! upstream every data test needs (the DataRepository's own tests, the DataDeployer's). Only the
 //! processes live here; the gRPC calls belong to each crate's tests, which know the API.
+//!
+//! The tests' origins (`git daemon`, HTTP servers) listen on 127.0.0.1, which both servers refuse
+//! unless allowed, so [`DataStack::start`] allows it by name (`--allow-upstream-host 127.0.0.1`)
+//! as an operator with a local origin would; [`DataStack::start_with_egress`] chooses.
 
 use std::{
     net::SocketAddr,
@@ -35,31 +39,46 @@ pub struct DataStack {
 }
 
 impl DataStack {
-    /// Starts both, the repository with `repo_args` added, and waits until both accept
-    /// connections.
+    /// Starts both, the repository with `repo_args` added, both allowed to reach 127.0.0.1, and
+    /// waits until both accept connections.
     pub async fn start(dir: &Path, repo_args: &[&str]) -> DataStack {
+        Self::start_with_egress(dir, repo_args, &["127.0.0.1"], &["127.0.0.1"]).await
+    }
+
+    /// Like [`DataStack::start`], with `--allow-upstream-host` for each pattern of `vw_allowed`
+    /// on the VersionWatcher and of `repo_allowed` on the DataRepository.
+    pub async fn start_with_egress(
+        dir: &Path,
+        repo_args: &[&str],
+        vw_allowed: &[&str],
+        repo_allowed: &[&str],
+    ) -> DataStack {
+        let allow = |patterns: &[&str]| {
+            patterns
+                .iter()
+                .flat_map(|p| ["--allow-upstream-host".to_string(), p.to_string()])
+                .collect::<Vec<_>>()
+        };
         let vw_port = free_port();
         let vw_url = format!("http://127.0.0.1:{vw_port}");
-        let vw = Running::autocrane(
+        let mut vw_args = strings(&[
             "version-watcher",
-            &strings(&[
-                "version-watcher",
-                "--listen",
-                &format!("127.0.0.1:{vw_port}"),
-                "--admin-listen",
-                "off",
-                "--webhook-listen",
-                "off",
-                "--state-dir",
-                dir.join("vw-state").to_str().unwrap(),
-                // Directory sources live under the test's directory; nothing else is readable.
-                "--allow-directory",
-                dir.to_str().unwrap(),
-                // No cluster to review tokens with: the stack's callers send none.
-                "--insecure-allow-anonymous",
-            ]),
-            dir,
-        );
+            "--listen",
+            &format!("127.0.0.1:{vw_port}"),
+            "--admin-listen",
+            "off",
+            "--webhook-listen",
+            "off",
+            "--state-dir",
+            dir.join("vw-state").to_str().unwrap(),
+            // Directory sources live under the test's directory; nothing else is readable.
+            "--allow-directory",
+            dir.to_str().unwrap(),
+            // No cluster to review tokens with: the stack's callers send none.
+            "--insecure-allow-anonymous",
+        ]);
+        vw_args.extend(allow(vw_allowed));
+        let vw = Running::autocrane("version-watcher", &vw_args, dir);
         let repo_port = free_port();
         let store = dir.join("store");
         let mut args = strings(&[
@@ -76,6 +95,7 @@ impl DataStack {
             dir.to_str().unwrap(),
             "--insecure-allow-anonymous",
         ]);
+        args.extend(allow(repo_allowed));
         args.extend(strings(repo_args));
         let repo = Running::autocrane("data-repository", &args, dir);
         accepting(([127, 0, 0, 1], vw_port).into()).await;

@@ -12,7 +12,7 @@ use autocrane_api::proto::{
 use autocrane_runtime::{
     auth::{self, Authorizer, Caller, Resource, Scope, Verb},
     shutdown::Shutdown,
-    upstream::local_dirs::AllowedDirectories,
+    upstream::{egress::EgressPolicy, local_dirs::AllowedDirectories},
 };
 use futures::Stream;
 use tokio::{io::AsyncReadExt, sync::Semaphore, sync::mpsc};
@@ -59,6 +59,7 @@ pub fn status(err: Error) -> Status {
         | Error::WriteStore(_)
         | Error::Serve(_)
         | Error::OpenStore(_)
+        | Error::GitHome(_)
         | Error::SetUpAuth(_)
         | Error::VersionWatcher(_) => Status::internal(err.to_string()),
     }
@@ -128,6 +129,7 @@ pub struct Service {
     bytes_per_second: u64,
     metrics: Metrics,
     directories: AllowedDirectories,
+    egress: EgressPolicy,
 }
 
 /// How much the Fetch streams may take.
@@ -141,7 +143,9 @@ pub struct FetchLimits {
 
 impl Service {
     /// A service over `store`, fetches within `limits`, directory sources only under
-    /// `directories`, callers checked by `auth`.
+    /// `directories`, remote sources refused at once when their host can never pass `egress`,
+    /// callers checked by `auth`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Store,
         followers: Followers,
@@ -149,6 +153,7 @@ impl Service {
         limits: FetchLimits,
         metrics: Metrics,
         directories: AllowedDirectories,
+        egress: EgressPolicy,
         auth: Authorizer,
     ) -> Self {
         let FetchLimits {
@@ -164,6 +169,7 @@ impl Service {
             bytes_per_second,
             metrics,
             directories,
+            egress,
         }
     }
 
@@ -225,6 +231,13 @@ impl Service {
             self.directories
                 .check(std::path::Path::new(&path))
                 .map_err(validate::directory_not_allowed)?;
+        }
+        // An IP literal or `localhost` the egress policy refuses can never be fetched: say so now
+        // (names are judged when connecting, on what they resolve to).
+        if let Some((field, host)) = validate::remote_host(&spec)? {
+            self.egress
+                .check_host(&host)
+                .map_err(|refused| validate::egress_refused(field, refused))?;
         }
         let state = self
             .followers

@@ -29,7 +29,7 @@ use autocrane_runtime::{
     client,
     process::Process,
     server::GrpcServer,
-    upstream::local_dirs::LocalDirectoryArgs,
+    upstream::{egress::EgressArgs, git::GitSandbox, local_dirs::LocalDirectoryArgs},
 };
 
 /// Flags of `autocrane data-repository`.
@@ -79,6 +79,11 @@ pub struct Args {
     #[command(flatten)]
     pub directories: LocalDirectoryArgs,
 
+    /// Non-public hosts git and HTTP-archive sources may be fetched from
+    /// (`--allow-upstream-host`).
+    #[command(flatten)]
+    pub egress: EgressArgs,
+
     /// Who may call: `--insecure-allow-anonymous`, `--token-audience` (default
     /// `autocrane-data-repository`). Callers need RBAC on `datasources.autocrane.io`; a pod-bound
     /// token may always `GetManifest` and `Fetch`.
@@ -104,6 +109,9 @@ pub enum Error {
     /// The store could not be opened.
     #[error("opening the store")]
     OpenStore(#[source] store::StoreError),
+    /// The private `HOME` of `git` could not be created.
+    #[error("creating the git home directory")]
+    GitHome(#[source] std::io::Error),
     /// The VersionWatcher URL or TLS settings are unusable.
     #[error("configuring the VersionWatcher client")]
     VersionWatcher(#[source] RuntimeError),
@@ -190,6 +198,7 @@ pub async fn run(args: Args, process: Process) -> Result<(), Error> {
         max_concurrent_fetches,
         fetch_bytes_per_second,
         directories,
+        egress,
         auth,
         version_watcher_token_file,
     } = args;
@@ -198,6 +207,9 @@ pub async fn run(args: Args, process: Process) -> Result<(), Error> {
         .await
         .map_err(Error::SetUpAuth)?;
     let directories = directories.allowed();
+    let egress = egress.policy();
+    tracing::info!(allowed = ?egress.patterns().iter().map(ToString::to_string).collect::<Vec<_>>(), "Upstream egress policy");
+    let git = GitSandbox::new(egress.clone(), store.join("git-home")).map_err(Error::GitHome)?;
     let span = tracing::info_span!("open_store", path = %store.display());
     let store = tokio::task::spawn_blocking(move || {
         span.in_scope(|| store::Store::open(&store, keep_versions))
@@ -211,7 +223,7 @@ pub async fn run(args: Args, process: Process) -> Result<(), Error> {
         version_watcher_token_file.as_deref(),
     )
     .map_err(Error::VersionWatcher)?;
-    let origins = origin::Origins::new(store.clone(), max_version_bytes, directories.clone());
+    let origins = origin::Origins::new(store.clone(), max_version_bytes, directories.clone(), git);
     let metrics = metrics::Metrics::register(&process.registry);
     let followers = follow::Followers::new(
         metrics.clone(),
@@ -233,6 +245,7 @@ pub async fn run(args: Args, process: Process) -> Result<(), Error> {
         },
         metrics,
         directories,
+        egress,
         authorizer,
     );
     let grpc = GrpcServer::new(&server)

@@ -2,6 +2,10 @@
 //! fetch of the commit into a bare cache repository, then `git archive` of the sub-path streamed
 //! through the tar extractor), HTTP archives (tar, tar.gz, zip; downloaded to a staging file under
 //! a size limit, format sniffed from the first bytes), and local directories.
+//!
+//! Git and HTTP reach only what the server's egress policy allows: `git` runs in the runtime's
+//! [`GitSandbox`] (URL grammar and resolved host checked before the process starts, environment
+//! isolated), HTTP through the connector that checks every address it connects to.
 
 use std::{
     io::{Read, Seek},
@@ -11,7 +15,10 @@ use std::{
 };
 
 use autocrane_api::proto::version_v1::{self as vpb, source_spec::Upstream};
-use autocrane_runtime::upstream::local_dirs::AllowedDirectories;
+use autocrane_runtime::{
+    errors::error_chain,
+    upstream::{git::GitSandbox, local_dirs::AllowedDirectories},
+};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
@@ -34,19 +41,28 @@ pub struct Origins {
     client: HttpsClient,
     max_version_bytes: u64,
     directories: AllowedDirectories,
+    git: GitSandbox,
 }
 
 impl Origins {
     /// Origins staging into `store`, rejecting versions over `max_version_bytes`, copying directory
-    /// sources only from under `directories`.
-    pub fn new(store: Store, max_version_bytes: u64, directories: AllowedDirectories) -> Self {
-        let client = Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build(autocrane_runtime::upstream::http::connector());
+    /// sources only from under `directories`, reaching git and HTTP origins only where `git`'s
+    /// egress policy allows.
+    pub fn new(
+        store: Store,
+        max_version_bytes: u64,
+        directories: AllowedDirectories,
+        git: GitSandbox,
+    ) -> Self {
+        let client = Client::builder(hyper_util::rt::TokioExecutor::new()).build(
+            autocrane_runtime::upstream::http::connector(git.policy().clone()),
+        );
         Self {
             store,
             client,
             max_version_bytes,
             directories,
+            git,
         }
     }
 
@@ -101,11 +117,12 @@ impl Origins {
                     }
                 });
                 let span = tracing::info_span!("git_archive");
+                let sandbox = self.git.clone();
                 tokio::task::spawn_blocking(move || {
                     let _entered = span.enter();
-                    git_fetch(&mirror, &git.url, &commit, &fetch_ref)?;
+                    git_fetch(&sandbox, &mirror, &git.url, &commit, &fetch_ref)?;
                     let mut stager = Stager::new(dir, limit).with_store_blobs(blobs);
-                    git_archive(&mirror, &commit, &git.path, &mut stager)?;
+                    git_archive(&sandbox, &mirror, &commit, &git.path, &mut stager)?;
                     stager.finish()
                 })
                 .await
@@ -174,7 +191,7 @@ impl Origins {
                 .client
                 .request(request)
                 .await
-                .map_err(|e| StageError::Io(format!("GET {url}: {e}")))?;
+                .map_err(|e| StageError::Io(format!("GET {url}: {}", error_chain(&e))))?;
             if !response.status().is_success() {
                 return Err(StageError::Io(format!("GET {url}: {}", response.status())));
             }
@@ -244,15 +261,21 @@ pub fn extract_archive(stager: &mut Stager, path: &Path) -> Result<(), StageErro
     }
 }
 
-fn git(dir: &Path) -> Command {
-    let mut command = Command::new("git");
+/// `git -C dir` in the sandbox, for commands on the local mirror.
+fn git(sandbox: &GitSandbox, dir: &Path) -> Command {
+    let mut command = sandbox.command();
+    command.arg("-C").arg(dir);
     command
-        .arg("-C")
-        .arg(dir)
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .env("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")
-        .stdin(Stdio::null());
-    command
+}
+
+/// `git -C dir` for a command that reaches `url`: refused (before any process starts) when the
+/// URL's grammar or its host's addresses are not allowed.
+fn git_remote(sandbox: &GitSandbox, dir: &Path, url: &str) -> Result<Command, StageError> {
+    let mut command = sandbox
+        .remote_blocking(url)
+        .map_err(|e| StageError::Rejected(format!("git fetch {url}: {e}")))?;
+    command.arg("-C").arg(dir);
+    Ok(command)
 }
 
 fn run(mut command: Command, what: &str) -> Result<(), StageError> {
@@ -270,17 +293,25 @@ fn run(mut command: Command, what: &str) -> Result<(), StageError> {
 }
 
 /// Makes `commit` present in the bare cache repository `mirror`.
-fn git_fetch(mirror: &Path, url: &str, commit: &str, fetch_ref: &str) -> Result<(), StageError> {
+fn git_fetch(
+    sandbox: &GitSandbox,
+    mirror: &Path,
+    url: &str,
+    commit: &str,
+    fetch_ref: &str,
+) -> Result<(), StageError> {
+    // Checked first, so a refused remote leaves no mirror behind either.
+    let by_id_command = git_remote(sandbox, mirror, url)?;
     if !mirror.join("HEAD").exists() {
         let _ = std::fs::remove_dir_all(mirror);
         std::fs::create_dir_all(mirror)
             .map_err(|e| StageError::Io(format!("creating {}: {e}", mirror.display())))?;
-        let mut init = git(mirror);
+        let mut init = git(sandbox, mirror);
         init.args(["init", "--bare", "-q"]);
         run(init, "init")?;
     }
     let present = |mirror: &Path| {
-        git(mirror)
+        git(sandbox, mirror)
             .args(["cat-file", "-e", &format!("{commit}^{{commit}}")])
             .stderr(Stdio::null())
             .status()
@@ -290,7 +321,7 @@ fn git_fetch(mirror: &Path, url: &str, commit: &str, fetch_ref: &str) -> Result<
         return Ok(());
     }
     // By commit id first (protocol v2 serves any reachable commit), else the ref it came from.
-    let mut by_id = git(mirror);
+    let mut by_id = by_id_command;
     by_id.args([
         "fetch",
         "-q",
@@ -304,7 +335,7 @@ fn git_fetch(mirror: &Path, url: &str, commit: &str, fetch_ref: &str) -> Result<
     if run(by_id, "fetch").is_ok() && present(mirror) {
         return Ok(());
     }
-    let mut by_ref = git(mirror);
+    let mut by_ref = git_remote(sandbox, mirror, url)?;
     by_ref.args(["fetch", "-q", "--no-tags", "--", url, fetch_ref]);
     run(by_ref, "fetch")?;
     if present(mirror) {
@@ -318,6 +349,7 @@ fn git_fetch(mirror: &Path, url: &str, commit: &str, fetch_ref: &str) -> Result<
 
 /// Streams `git archive` of `commit` (narrowed to `path`) into the stager.
 fn git_archive(
+    sandbox: &GitSandbox,
     mirror: &Path,
     commit: &str,
     path: &str,
@@ -328,7 +360,7 @@ fn git_archive(
     } else {
         format!("{commit}:{}", path.trim_matches('/'))
     };
-    let mut child = git(mirror)
+    let mut child = git(sandbox, mirror)
         .args(["archive", "--format=tar", &tree])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -6,6 +6,7 @@ use autocrane_api::proto::{
     data_v1 as pb,
     version_v1::{SourceSpec, source_spec::Upstream},
 };
+use autocrane_runtime::upstream::{egress::EgressRefused, git::parse_remote};
 
 /// Largest `holder` of a pin (a DNS-1123 subdomain's length: holders are object names).
 pub const MAX_HOLDER_BYTES: usize = 253;
@@ -64,6 +65,35 @@ pub fn data_source(source: Option<SourceSpec>) -> Result<(SourceSpec, Option<Str
 /// The rejection of a directory source outside the allowed directories; `why` says which.
 pub fn directory_not_allowed(why: String) -> Invalid {
     invalid("source.directory.path", why)
+}
+
+/// The field and host a git or HTTP data source reaches, for the egress check; `None` for
+/// directories. A git URL outside the runtime's grammar (`file://`, `ext::`, option-like
+/// hosts, …) is refused here.
+pub fn remote_host(spec: &SourceSpec) -> Result<Option<(&'static str, String)>, Invalid> {
+    match &spec.upstream {
+        Some(Upstream::Git(git)) => {
+            let url = git.url.trim().trim_end_matches('/');
+            let remote = parse_remote(url).map_err(|e| invalid("source.git.url", e.to_string()))?;
+            Ok(Some(("source.git.url", remote.host)))
+        }
+        Some(Upstream::Http(http)) => {
+            let host = http
+                .url
+                .trim()
+                .parse::<http::Uri>()
+                .ok()
+                .and_then(|uri| uri.host().map(str::to_string))
+                .ok_or_else(|| invalid("source.http.url", "must be an http:// or https:// URL"))?;
+            Ok(Some(("source.http.url", host)))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// The rejection of a source whose host the egress policy refuses.
+pub fn egress_refused(field: &'static str, refused: EgressRefused) -> Invalid {
+    invalid(field, refused.to_string())
 }
 
 /// A page size: 0 means [`DEFAULT_PAGE_SIZE`], otherwise 1..=1000.
@@ -197,5 +227,37 @@ mod tests {
             holder(&"x".repeat(254)).unwrap_err().to_string(),
             "holder: at most 253 bytes"
         );
+    }
+
+    #[test]
+    fn remote_hosts_of_data_sources_and_bad_git_urls() {
+        let git = |url: &str| {
+            spec(Upstream::Git(GitSource {
+                url: url.into(),
+                ..Default::default()
+            }))
+            .unwrap()
+        };
+        let http = |url: &str| {
+            spec(Upstream::Http(HttpSource {
+                url: url.into(),
+                ..Default::default()
+            }))
+            .unwrap()
+        };
+        assert_eq!(
+            remote_host(&git("git://127.0.0.1:9418/a/")),
+            Ok(Some(("source.git.url", "127.0.0.1".into())))
+        );
+        assert_eq!(
+            remote_host(&http("http://[::1]:8080/a.tgz")),
+            Ok(Some(("source.http.url", "[::1]".into())))
+        );
+        for hostile in ["file:///srv/a", "ext::sh -c x", "--upload-pack=x", "host:a"] {
+            let err = remote_host(&git(hostile)).unwrap_err();
+            assert_eq!(err.field, "source.git.url", "{hostile}");
+        }
+        let dir = spec(Upstream::Directory(DirectorySource::default())).unwrap();
+        assert_eq!(remote_host(&dir), Ok(None));
     }
 }

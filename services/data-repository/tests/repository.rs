@@ -8,7 +8,7 @@ use tokio_stream::StreamExt;
 
 mod common;
 use autocrane_test_support::{
-    GitRepo, HttpOrigin, eventually, file, gzip, noise, raw_tar, symlink,
+    GitRepo, GitServer, HttpOrigin, eventually, file, gzip, noise, raw_tar, symlink,
 };
 use common::{Api, Stack, dir_spec, git_spec, http_spec};
 
@@ -64,6 +64,9 @@ async fn git_commits_sync_and_fetch_sends_only_what_the_client_lacks() {
         ],
         &[],
     );
+    // Over `git daemon`: the servers refuse `file://` and local-path remotes.
+    let daemon = GitServer::serve(dir.path());
+    let url = daemon.url("origin");
     let mut stack = Stack::start(dir.path(), &[]).await;
     let mut client = stack.repository().await;
 
@@ -74,9 +77,9 @@ async fn git_commits_sync_and_fetch_sends_only_what_the_client_lacks() {
     assert_eq!(bad.code(), tonic::Code::InvalidArgument);
     assert!(bad.message().contains("source"), "{}", bad.message());
 
-    let id = stack.track(git_spec(&repo.url(), "data")).await;
+    let id = stack.track(git_spec(&url, "data")).await;
     assert_eq!(
-        stack.track(git_spec(&repo.url(), "data")).await,
+        stack.track(git_spec(&url, "data")).await,
         id,
         "tracking twice is one source"
     );

@@ -187,6 +187,10 @@ impl Watcher {
             directories: autocrane_runtime::upstream::local_dirs::LocalDirectoryArgs {
                 allow_directories,
             },
+            // The bench's registry listens on 127.0.0.1.
+            egress: autocrane_runtime::upstream::egress::EgressArgs {
+                allow_upstream_hosts: vec!["127.0.0.1".parse().unwrap()],
+            },
             // No cluster here: callers send no token.
             auth: autocrane_runtime::auth::AuthArgs {
                 insecure_allow_anonymous: true,

@@ -7,7 +7,7 @@ use autocrane_api::keys::{GROUP, VERSIONS_RESOURCE};
 use autocrane_api::proto::version_v1::{self as pb, version_watcher_server::VersionWatcher};
 use autocrane_runtime::{
     auth::{self, Authorizer, Resource, Verb},
-    upstream::local_dirs::AllowedDirectories,
+    upstream::{egress::EgressPolicy, git::parse_remote, local_dirs::AllowedDirectories},
 };
 use futures::Stream;
 use tokio::sync::broadcast::error::RecvError;
@@ -64,15 +64,22 @@ pub enum Rpc {
 pub struct Service {
     hub: Arc<Hub>,
     directories: AllowedDirectories,
+    egress: EgressPolicy,
     auth: Arc<Authorizer>,
 }
 
 impl Service {
     /// A service over `hub`, its callers checked by `auth`.
-    pub fn new(hub: Arc<Hub>, directories: AllowedDirectories, auth: Authorizer) -> Self {
+    pub fn new(
+        hub: Arc<Hub>,
+        directories: AllowedDirectories,
+        egress: EgressPolicy,
+        auth: Authorizer,
+    ) -> Self {
         Self {
             hub,
             directories,
+            egress,
             auth: Arc::new(auth),
         }
     }
@@ -86,17 +93,46 @@ impl Service {
             .map_err(|err| auth::status(&err).unwrap_or_else(|| Status::internal(err.to_string())))
     }
 
-    /// A directory source must stay under the `--allow-directory` list (`field` names the spec).
+    /// What the server's own limits refuse (`field` names the spec): a directory source outside
+    /// the `--allow-directory` list, an upstream whose host can never be reached under the
+    /// egress policy (an IP literal or `localhost`; names are judged when connecting).
     fn check_local(&self, spec: &Spec, field: &str) -> Result<(), Status> {
-        if let Upstream::Directory { path, .. } = &spec.upstream {
-            self.directories
-                .check(std::path::Path::new(path))
-                .map_err(|why| {
-                    Status::invalid_argument(format!("{field}.directory.path: {why}"))
+        match &spec.upstream {
+            Upstream::Directory { path, .. } => {
+                self.directories
+                    .check(std::path::Path::new(path))
+                    .map_err(|why| {
+                        Status::invalid_argument(format!("{field}.directory.path: {why}"))
+                    })?;
+            }
+            Upstream::Oci { registry, .. } => {
+                check_url_host(&self.egress, registry, &format!("{field}.oci.registry"))?;
+            }
+            Upstream::Http { url, .. } => {
+                check_url_host(&self.egress, url, &format!("{field}.http.url"))?;
+            }
+            Upstream::Git { url, .. } => {
+                let remote = parse_remote(url)
+                    .map_err(|e| Status::invalid_argument(format!("{field}.git.url: {e}")))?;
+                self.egress.check_host(&remote.host).map_err(|refused| {
+                    Status::invalid_argument(format!("{field}.git.url: {refused}"))
                 })?;
+            }
         }
         Ok(())
     }
+}
+
+/// The request-time egress check of an `http(s)://host[:port]/…` URL (validated by `spec`).
+fn check_url_host(egress: &EgressPolicy, url: &str, field: &str) -> Result<(), Status> {
+    let host = url
+        .parse::<http::Uri>()
+        .ok()
+        .and_then(|uri| uri.host().map(str::to_string))
+        .unwrap_or_default();
+    egress
+        .check_host(&host)
+        .map_err(|refused| Status::invalid_argument(format!("{field}: {refused}")))
 }
 
 // ---- errors -------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ use autocrane_runtime::{
     auth::{AuthArgs, Authorizer},
     process::Process,
     server::GrpcServer,
-    upstream::local_dirs::LocalDirectoryArgs,
+    upstream::{egress::EgressArgs, git::GitSandbox, local_dirs::LocalDirectoryArgs},
 };
 
 /// Flags of `autocrane version-watcher`.
@@ -92,6 +92,10 @@ pub struct Args {
     #[command(flatten)]
     pub directories: LocalDirectoryArgs,
 
+    /// Non-public hosts OCI, HTTP and git sources may reach (`--allow-upstream-host`).
+    #[command(flatten)]
+    pub egress: EgressArgs,
+
     /// Who may call: `--insecure-allow-anonymous`, `--token-audience` (default
     /// `autocrane-version-watcher`). Callers need RBAC on `versions.autocrane.io`.
     #[command(flatten)]
@@ -122,6 +126,9 @@ pub enum Error {
     /// No Kubernetes API to review callers with (and anonymous calls are not allowed).
     #[error("setting up caller authentication")]
     Auth(#[source] RuntimeError),
+    /// The private `HOME` of `git` could not be created.
+    #[error("creating the git home directory")]
+    GitHome(#[source] std::io::Error),
 }
 
 /// Runs the component until the process shuts down.
@@ -137,6 +144,7 @@ pub async fn run(args: Args, process: Process) -> Result<(), Error> {
         upstream_timeout_secs,
         probe_timeout_secs,
         directories,
+        egress,
         auth: auth_args,
     } = args;
     // First: a server that cannot check its callers must not start serving anything.
@@ -144,6 +152,10 @@ pub async fn run(args: Args, process: Process) -> Result<(), Error> {
         .await
         .map_err(Error::Auth)?;
     let directories = directories.allowed();
+    let egress = egress.policy();
+    tracing::info!(allowed = ?egress.patterns().iter().map(ToString::to_string).collect::<Vec<_>>(), "Upstream egress policy");
+    let git =
+        GitSandbox::new(egress.clone(), state_dir.join("git-home")).map_err(Error::GitHome)?;
     let auth = match &registry_credentials {
         Some(path) => {
             upstream::oci::Auth::from_docker_config(path).map_err(Error::LoadCredentials)?
@@ -165,6 +177,7 @@ pub async fn run(args: Args, process: Process) -> Result<(), Error> {
         Arc::new(auth),
         Duration::from_secs(upstream_timeout_secs.max(1)),
         directories.clone(),
+        git,
     );
     let store = store::Store::open(&state_dir).map_err(Error::OpenState)?;
     let metrics = metrics::Metrics::register(&process.registry);
@@ -195,6 +208,7 @@ pub async fn run(args: Args, process: Process) -> Result<(), Error> {
             .add_service(VersionWatcherServer::new(grpc::Service::new(
                 hub,
                 directories,
+                egress,
                 authorizer,
             )));
     process.serve(&server, grpc).await.map_err(Error::Serve)
@@ -223,6 +237,34 @@ mod tests {
         let (sources, requests_per_probe, interval_secs) = (1000.0, 2.0, 10.0);
         assert!(cli.args.upstream_rate >= sources * requests_per_probe / interval_secs);
         assert!(f64::from(cli.args.upstream_burst) >= sources * requests_per_probe);
+    }
+
+    #[test]
+    fn a_bad_upstream_pattern_is_a_usage_error_naming_the_flag() {
+        let cli = Cli::try_parse_from([
+            "x",
+            "--allow-upstream-host",
+            "registry.internal,10.0.0.0/8",
+            "--allow-upstream-host",
+            "*.corp.example",
+        ])
+        .unwrap();
+        let patterns: Vec<String> = cli
+            .args
+            .egress
+            .allow_upstream_hosts
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            patterns,
+            ["registry.internal", "10.0.0.0/8", "*.corp.example"]
+        );
+        for bad in ["10.0.0.1/8", "http://registry", "2130706433", ""] {
+            let err = Cli::try_parse_from(["x", "--allow-upstream-host", bad]).unwrap_err();
+            assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation, "{bad}");
+            assert!(err.to_string().contains("--allow-upstream-host"), "{err}");
+        }
     }
 
     #[test]

@@ -272,20 +272,10 @@ fn validate_git(git: &pb::GitSource, field: &str) -> Result<Upstream, SpecError>
     if url.is_empty() {
         return Err(err(format!("{field}.url"), "must not be empty"));
     }
-    let schemes = ["https://", "http://", "git://", "ssh://", "file://"];
-    if !schemes.iter().any(|scheme| url.starts_with(scheme))
-        || url
-            .split_once("://")
-            .is_some_and(|(_, rest)| rest.is_empty())
-    {
-        return Err(err(
-            format!("{field}.url"),
-            "must be an https://, http://, git://, ssh:// or file:// URL",
-        ));
-    }
-    if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(err(format!("{field}.url"), "must not contain whitespace"));
-    }
+    // The runtime's grammar for what `git` may be given: the four network transports, a plain
+    // host, nothing option-like (the egress policy is the server's, checked in `grpc`).
+    autocrane_runtime::upstream::git::parse_remote(url)
+        .map_err(|e| err(format!("{field}.url"), e.to_string()))?;
     let git_ref = match git.r#ref.trim() {
         "" | "HEAD" => "HEAD".to_string(),
         other => {
@@ -611,6 +601,18 @@ mod tests {
                 .field,
             "s.git.path"
         );
+        for hostile in [
+            "file:///srv/repo",
+            "/srv/repo",
+            "ext::sh -c touch% /tmp/pwned",
+            "--upload-pack=touch /tmp/pwned",
+            "ssh://-oProxyCommand=touch /a",
+            "git@github.com:a/b.git",
+            "https://user:token@github.com/a",
+        ] {
+            let refused = validate(Some(&git(hostile, "", "")), "s").unwrap_err();
+            assert_eq!(refused.field, "s.git.url", "{hostile}");
+        }
         let dir = pb::SourceSpec {
             upstream: Some(pb::source_spec::Upstream::Directory(pb::DirectorySource {
                 path: "relative".into(),

@@ -35,6 +35,12 @@ fn hub(state: &Path, data: &Path) -> (Arc<Hub>, ShutdownTrigger) {
         Arc::new(Auth::anonymous()),
         Duration::from_secs(5),
         directories,
+        // Directory sources only: nothing here reaches the network.
+        autocrane_runtime::upstream::git::GitSandbox::new(
+            Default::default(),
+            state.join("git-home"),
+        )
+        .unwrap(),
     );
     let hub = Hub::start(
         Store::open(state).unwrap(),

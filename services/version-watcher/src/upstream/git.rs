@@ -1,4 +1,5 @@
-//! Git remotes through the `git` CLI (`git ls-remote`): no clone, one round trip per probe.
+//! Git remotes through the `git` CLI (`git ls-remote`): no clone, one round trip per probe. `git`
+//! runs in the runtime's [`GitSandbox`](autocrane_runtime::upstream::git::GitSandbox).
 //!
 //! `HEAD` or `refs/heads/<branch>`: the version is the head commit (an incomplete listing: older
 //! commits stay known as history). `refs/tags/<glob>`: every matching tag is a version named by
@@ -23,12 +24,14 @@ pub async fn probe(ctx: &Upstreams, url: &str, git_ref: &str) -> Result<Listing,
     .unwrap_or_default();
     ctx.limiter.acquire(&host).await;
     let tags = git_ref.strip_prefix("refs/tags/");
-    let mut command = tokio::process::Command::new("git");
+    // The URL's grammar and its host's addresses are checked before `git` starts.
+    let mut command = ctx
+        .git
+        .remote(url)
+        .await
+        .map_err(|e| ProbeError::new(format!("git ls-remote {url}: {e}")))?;
     command
         .arg("ls-remote")
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .env("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")
-        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);

@@ -13,7 +13,10 @@ pub mod oci;
 
 use std::{sync::Arc, time::Duration};
 
-use autocrane_runtime::{errors::error_chain, upstream::local_dirs::AllowedDirectories};
+use autocrane_runtime::{
+    errors::error_chain,
+    upstream::{git::GitSandbox, local_dirs::AllowedDirectories},
+};
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
@@ -64,6 +67,8 @@ pub struct Upstreams {
     /// Where directory sources may be read (checked again at every probe, so a source restored
     /// from state after the list changed cannot read outside it either).
     pub directories: AllowedDirectories,
+    /// How `git` runs: remotes checked against the egress policy, environment isolated.
+    pub git: GitSandbox,
 }
 
 /// A response: status, headers, body.
@@ -78,23 +83,28 @@ pub struct Response {
 }
 
 impl Upstreams {
-    /// A context with the system's root certificates.
+    /// A context with the system's root certificates, reaching only what `git`'s egress policy
+    /// allows (the same policy guards HTTP and OCI requests).
     pub fn new(
         limiter: Arc<RateLimiter>,
         oci_auth: Arc<oci::Auth>,
         request_timeout: Duration,
         directories: AllowedDirectories,
+        git: GitSandbox,
     ) -> Self {
         let client = Client::builder(hyper_util::rt::TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(4)
-            .build(autocrane_runtime::upstream::http::connector());
+            .build(autocrane_runtime::upstream::http::connector(
+                git.policy().clone(),
+            ));
         Self {
             client,
             limiter,
             oci_auth,
             request_timeout,
             directories,
+            git,
         }
     }
 

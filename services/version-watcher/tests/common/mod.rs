@@ -329,6 +329,16 @@ impl InProcess {
         state_dir: &Path,
         credentials: Option<PathBuf>,
     ) -> InProcess {
+        Self::start_with(state_dir, credentials, &["127.0.0.1"]).await
+    }
+
+    /// Starts with `--registry-credentials FILE` and `--allow-upstream-host` for each of
+    /// `allowed` (the other constructors allow 127.0.0.1, where the tests' upstreams listen).
+    pub(crate) async fn start_with(
+        state_dir: &Path,
+        credentials: Option<PathBuf>,
+        allowed: &[&str],
+    ) -> InProcess {
         let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let webhook: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let args = autocrane_version_watcher::Args {
@@ -344,6 +354,9 @@ impl InProcess {
             // Tests keep their directory sources in temporary directories.
             directories: autocrane_runtime::upstream::local_dirs::LocalDirectoryArgs {
                 allow_directories: vec![std::env::temp_dir()],
+            },
+            egress: autocrane_runtime::upstream::egress::EgressArgs {
+                allow_upstream_hosts: allowed.iter().map(|p| p.parse().unwrap()).collect(),
             },
             // No cluster here: callers send no token.
             auth: autocrane_runtime::auth::AuthArgs {
@@ -388,6 +401,11 @@ pub(crate) struct BinaryWatcher {
 
 impl BinaryWatcher {
     pub(crate) async fn start(state_dir: &Path) -> BinaryWatcher {
+        Self::start_with_env(state_dir, &[]).await
+    }
+
+    /// Starts it with `env` added to this process's environment.
+    pub(crate) async fn start_with_env(state_dir: &Path, env: &[(&str, &Path)]) -> BinaryWatcher {
         let grpc: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let webhook: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mut command = Command::new(autocrane_bin());
@@ -400,7 +418,10 @@ impl BinaryWatcher {
             .arg("--webhook-listen")
             .arg(webhook.to_string())
             .arg("--state-dir")
-            .arg(state_dir);
+            .arg(state_dir)
+            // The tests' registries and git servers listen on 127.0.0.1.
+            .args(["--allow-upstream-host", "127.0.0.1"])
+            .envs(env.iter().copied());
         let process = Running::builder(command)
             .log_to(state_dir.with_extension("log"))
             .start();
