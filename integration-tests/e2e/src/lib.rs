@@ -9,7 +9,8 @@
 //! | [`git`] | [`GitRepo`] work trees and [`GitServer`], one `git daemon` whose group is killed on drop |
 //! | [`http_origin`] | [`HttpOrigin`], archives served with ETags; [`post_sink`], bodies POSTed recorded |
 //! | [`data`] | deterministic bytes, raw tar archives, gzip |
-//! | [`stack`] | [`DataStack`]: a VersionWatcher and a DataRepository as `autocrane` processes |
+//! | [`registry`] | [`Registry`]: a real OCI registry (`docker-registry`) tags are pushed to; [`http`], a plain HTTP client |
+//! | [`stack`] | [`VersionWatcherProcess`] and [`DataStack`]: the VersionWatcher (and a DataRepository) as `autocrane` processes |
 //!
 //! A missing tool is a test failure with a message saying how to install it, never a skip. It
 //! depends on no AutoCrane crate, so any crate can dev-depend on it; the simulators it starts
@@ -21,6 +22,7 @@ pub mod data;
 pub mod git;
 pub mod http_origin;
 pub mod process;
+pub mod registry;
 pub mod stack;
 
 pub use cluster::{Backend, ClusterOptions, KubectlOutput, TestCluster};
@@ -28,7 +30,8 @@ pub use data::{RawEntry, file, gzip, noise, raw_tar, strings, symlink};
 pub use git::{GitRepo, GitServer, git};
 pub use http_origin::{HttpOrigin, post_sink};
 pub use process::{Launch, Running, is_alive, processes_in_group};
-pub use stack::{DataStack, accepting};
+pub use registry::{Registry, http};
+pub use stack::{DataStack, VersionWatcherProcess, accepting};
 
 use std::{
     io::{Read, Write},

@@ -1,5 +1,6 @@
-//! [`DataStack`]: a VersionWatcher and a DataRepository as real `autocrane` processes, the
-//! upstream every data test needs (the DataRepository's own tests, the DataDeployer's). Only the
+//! [`VersionWatcherProcess`], the one way tests start the VersionWatcher as a process, and
+//! [`DataStack`]: it and a DataRepository as real `autocrane` processes, the upstream every data
+//! test needs (the DataRepository's own tests, the DataDeployer's). Only the
 //! processes live here; the gRPC calls belong to each crate's tests, which know the API.
 
 use std::{
@@ -38,28 +39,10 @@ impl DataStack {
     /// Starts both, the repository with `repo_args` added, and waits until both accept
     /// connections.
     pub async fn start(dir: &Path, repo_args: &[&str]) -> DataStack {
-        let vw_port = free_port();
-        let vw_url = format!("http://127.0.0.1:{vw_port}");
-        let vw = Running::autocrane(
-            "version-watcher",
-            &strings(&[
-                "version-watcher",
-                "--listen",
-                &format!("127.0.0.1:{vw_port}"),
-                "--admin-listen",
-                "off",
-                "--webhook-listen",
-                "off",
-                "--state-dir",
-                dir.join("vw-state").to_str().unwrap(),
-                // Directory sources live under the test's directory; nothing else is readable.
-                "--allow-directory",
-                dir.to_str().unwrap(),
-                // No cluster to review tokens with: the stack's callers send none.
-                "--insecure-allow-anonymous",
-            ]),
-            dir,
-        );
+        let VersionWatcherProcess {
+            process: vw,
+            url: vw_url,
+        } = VersionWatcherProcess::start(dir).await;
         let repo_port = free_port();
         let store = dir.join("store");
         let mut args = strings(&[
@@ -78,7 +61,6 @@ impl DataStack {
         ]);
         args.extend(strings(repo_args));
         let repo = Running::autocrane("data-repository", &args, dir);
-        accepting(([127, 0, 0, 1], vw_port).into()).await;
         accepting(([127, 0, 0, 1], repo_port).into()).await;
         DataStack {
             dir: dir.to_path_buf(),
@@ -103,6 +85,49 @@ impl DataStack {
         self.repo.kill();
         self.repo = Running::autocrane("data-repository", &self.repo_args, &self.dir);
         accepting(([127, 0, 0, 1], self.repo_port).into()).await;
+    }
+}
+
+/// The VersionWatcher as the real `autocrane version-watcher` process on a free port of
+/// 127.0.0.1, logging to `<dir>/version-watcher.log`, its state in `<dir>/vw-state`, directory
+/// sources allowed under `dir` only, callers anonymous (no cluster to review tokens with: its
+/// authentication has its own tests). Every test that runs it as a process starts it here, so a
+/// flag each of them needs is added once.
+#[derive(Debug)]
+pub struct VersionWatcherProcess {
+    /// The process (killed on drop).
+    pub process: Running,
+    /// `http://127.0.0.1:<port>`, its gRPC endpoint.
+    pub url: String,
+}
+
+impl VersionWatcherProcess {
+    /// Starts it and waits until it accepts connections.
+    pub async fn start(dir: &Path) -> VersionWatcherProcess {
+        let port = free_port();
+        let process = Running::autocrane(
+            "version-watcher",
+            &strings(&[
+                "version-watcher",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--admin-listen",
+                "off",
+                "--webhook-listen",
+                "off",
+                "--state-dir",
+                dir.join("vw-state").to_str().unwrap(),
+                "--allow-directory",
+                dir.to_str().unwrap(),
+                "--insecure-allow-anonymous",
+            ]),
+            dir,
+        );
+        accepting(([127, 0, 0, 1], port).into()).await;
+        VersionWatcherProcess {
+            process,
+            url: format!("http://127.0.0.1:{port}"),
+        }
     }
 }
 
