@@ -21,6 +21,7 @@ use autocrane_runtime::{
 };
 use tonic::{Streaming, transport::Channel};
 
+#[allow(unused_imports)] // each test file uses its own part of the harness
 pub(crate) use autocrane_test_support::{
     Registry, Running, accepting, autocrane_bin, eventually, free_port, http, system_tool,
 };
