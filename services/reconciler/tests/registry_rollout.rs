@@ -13,6 +13,8 @@
 //!   spared), drops every watch now and then and answers one resume with 410 Gone: two rollouts
 //!   in a row still converge with the same promises, one pod per slot, no orphan, the status
 //!   right.
+//! - Scenario 6 on scenario 2: the same two rollouts while two controller replicas, as
+//!   `autocrane controller` processes, are SIGKILLed and restarted at 20 seeded random moments.
 
 mod support;
 
@@ -485,6 +487,99 @@ async fn a_pushed_tag_converges_while_the_api_server_fails_the_controller() {
     .await;
 
     controller.stop().await;
+    drop(vw);
+    cluster.shutdown().await;
+}
+
+/// A seeded pseudo-random sequence (SplitMix64): the moments of the kills, repeatable from the
+/// printed seed.
+struct Moments(u64);
+
+impl Moments {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+/// How many times the controllers are killed.
+const KILLS: usize = 20;
+
+/// Scenario 6, on scenario 2: two controller replicas as `autocrane controller` processes, one
+/// of them SIGKILLed and restarted at 20 random moments (the seed is printed;
+/// `AUTOCRANE_KILL_SEED` repeats a run) while two tags are rolled out: the rollouts still
+/// converge within the same promises, one pod per slot, no orphan, the status right.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pushed_tag_converges_while_controllers_are_killed_at_random_moments() {
+    let seed = std::env::var("AUTOCRANE_KILL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    println!("kill seed: {seed} (AUTOCRANE_KILL_SEED={seed} repeats the moments)");
+    let cluster = Cluster::start().await;
+    cluster.install_rbac().await;
+    let registry = Registry::start(None).await;
+    registry.push_tag(REPOSITORY, "1.0.0").await;
+    let vw_dir = tempfile::tempdir().unwrap();
+    let vw = VersionWatcherProcess::start(vw_dir.path()).await;
+    // A short Lease, so that a standby takes over a killed leader soon.
+    let flags = ["--version-watcher", &vw.url, "--lease-duration-secs", "2"];
+    let mut replicas = [
+        cluster.controller_process("replica-a", &flags),
+        cluster.controller_process("replica-b", &flags),
+    ];
+    cluster
+        .apply(&registry_deployment_yaml("web", &registry))
+        .await;
+    wait_converged(&cluster, "web", "1.0.0").await;
+
+    let killed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let killer = tokio::spawn({
+        let killed = killed.clone();
+        async move {
+            let mut moments = Moments(seed);
+            for _ in 0..KILLS {
+                let wait = 300 + moments.next() % 1200;
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+                let victim = (moments.next() % 2) as usize;
+                replicas[victim].kill_and_restart();
+                killed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            replicas
+        }
+    });
+    for (from, to) in [("1.0.0", "2.0.0"), ("2.0.0", "3.0.0")] {
+        registry.push_tag(REPOSITORY, to).await;
+        let timeline = follow_rollout(&cluster, "web", from, to).await;
+        assert_stepped(&timeline);
+        wait_converged(&cluster, "web", to).await;
+    }
+    let during = killed.load(std::sync::atomic::Ordering::SeqCst);
+    println!("kills while the two rollouts ran: {during} of {KILLS}");
+    assert!(during > 0, "no kill landed during the rollouts");
+    let replicas = killer.await.unwrap();
+    // Every kill done; whoever leads now keeps it converged, and no pod is left over.
+    wait_converged(&cluster, "web", "3.0.0").await;
+    eventually(WAIT, "no pod but the converged ones", || async {
+        cluster
+            .pods()
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .len()
+            == REPLICAS
+    })
+    .await;
+    drop(replicas);
     drop(vw);
     cluster.shutdown().await;
 }

@@ -206,6 +206,45 @@ impl Cluster {
         spawn_controller(self.sim.client_with_token(Some(&token)), &argv)
     }
 
+    /// `autocrane controller` as a process (so that it can be SIGKILLed), as the installed
+    /// ServiceAccount [`CONTROLLER_ACCOUNT`] (its kubeconfig carries the account's token; call
+    /// [`Cluster::install_rbac`] first), its Lease in `autocrane-system`, admin listener off.
+    pub(crate) fn controller_process(&self, identity: &str, flags: &[&str]) -> ControllerProcess {
+        let (namespace, account) = CONTROLLER_ACCOUNT;
+        let token = self.sim.issue_token(namespace, account, None);
+        let kubeconfig = self.dir.path().join(format!("kubeconfig-{identity}"));
+        std::fs::write(
+            &kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters: [{{name: sim, cluster: {{server: \"{}\"}}}}]\nusers: [{{name: controller, user: {{token: \"{token}\"}}}}]\ncontexts: [{{name: sim, context: {{cluster: sim, user: controller}}}}]\ncurrent-context: sim\n",
+                self.sim.url()
+            ),
+        )
+        .unwrap();
+        let mut argv: Vec<String> = [
+            "controller",
+            "--admin-listen",
+            "off",
+            "--lease-namespace",
+            namespace,
+            "--identity",
+            identity,
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        argv.extend(flags.iter().map(|f| f.to_string()));
+        let log = self.dir.path().join(format!("controller-{identity}.log"));
+        let mut controller = ControllerProcess {
+            argv,
+            kubeconfig,
+            log,
+            process: None,
+        };
+        controller.start();
+        controller
+    }
+
     /// `deploy/rbac.yaml`: the components' ServiceAccounts and least-privilege roles.
     pub(crate) async fn install_rbac(&self) {
         let rbac = workspace_root().join("deploy/rbac.yaml");
@@ -260,6 +299,35 @@ fn spawn_controller(client: kube::Client, argv: &[&str]) -> Replica {
         client,
     ));
     Replica { stop, task, admin }
+}
+
+/// `autocrane controller` as a process, logging to the cluster's directory.
+pub(crate) struct ControllerProcess {
+    argv: Vec<String>,
+    kubeconfig: std::path::PathBuf,
+    /// Its log (appended to across restarts).
+    pub(crate) log: std::path::PathBuf,
+    process: Option<Running>,
+}
+
+impl ControllerProcess {
+    fn start(&mut self) {
+        let mut command = Command::new(autocrane_bin());
+        command
+            .args(&self.argv)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("AUTOCRANE_LOG", "info");
+        self.process = Some(Running::builder(command).log_to(&self.log).start());
+    }
+
+    /// SIGKILL — a crash: nothing flushed, no Lease released — then started again as the same
+    /// replica (a restarted pod keeps its name).
+    pub(crate) fn kill_and_restart(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            process.kill();
+        }
+        self.start();
+    }
 }
 
 /// One running controller replica.
