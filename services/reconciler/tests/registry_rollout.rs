@@ -505,6 +505,62 @@ impl Moments {
     }
 }
 
+/// Checks, over the replicas' logs (`logs[i]` of replica `i`), that every pod write ("Pod
+/// created", "Pod deleted") falls in the writer's leader term: the latest term to begin before
+/// it ("Controller starting", logged as each term begins) is the writer's own. Returns how many
+/// writes were checked.
+fn only_the_leader_wrote(logs: &[String]) -> usize {
+    let strip = |line: &str| -> String {
+        // Colours, if any: ESC [ … m.
+        let mut out = String::new();
+        let mut chars = line.chars();
+        while let Some(c) = chars.next() {
+            if c == '\u{1b}' {
+                for c in chars.by_ref() {
+                    if c == 'm' {
+                        break;
+                    }
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    };
+    // (timestamp, replica, begins a term)
+    let mut moments: Vec<(String, usize, bool)> = Vec::new();
+    for (replica, log) in logs.iter().enumerate() {
+        for line in log.lines().map(strip) {
+            let term = line.contains("Controller starting");
+            let write = line.contains("Pod created") || line.contains("Pod deleted");
+            if term || write {
+                let at = line
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+                moments.push((at, replica, term));
+            }
+        }
+    }
+    moments.sort();
+    let mut leader = None;
+    let mut writes = 0;
+    for (at, replica, term) in &moments {
+        if *term {
+            leader = Some(*replica);
+        } else {
+            writes += 1;
+            assert_eq!(
+                leader,
+                Some(*replica),
+                "replica {replica} wrote at {at} while another replica led: {moments:#?}"
+            );
+        }
+    }
+    writes
+}
+
 /// How many times the controllers are killed.
 const KILLS: usize = 20;
 
@@ -579,6 +635,15 @@ async fn a_pushed_tag_converges_while_controllers_are_killed_at_random_moments()
             == REPLICAS
     })
     .await;
+    // Only the leader wrote: every pod write a replica logged came after its own term began and
+    // before any other replica's term began.
+    let logs: Vec<String> = replicas
+        .iter()
+        .map(|r| std::fs::read_to_string(&r.log).unwrap())
+        .collect();
+    let writes = only_the_leader_wrote(&logs);
+    println!("pod writes, each by the replica leading then: {writes}");
+    assert!(writes > 0, "no pod write was logged");
     drop(replicas);
     drop(vw);
     cluster.shutdown().await;
