@@ -223,6 +223,8 @@ struct Timeline {
     ready: BTreeMap<usize, Instant>,
     /// The status once named the new version as target while the old one was current.
     saw_in_progress: bool,
+    /// Fewer live pods of the new version than seen before: the rollout went backwards.
+    went_back: Option<String>,
 }
 
 /// Samples pods and the deployment's status until every pod of `name` runs `to` (or [`WAIT`]).
@@ -244,6 +246,13 @@ async fn follow_rollout(cluster: &Cluster, name: &str, from: &str, to: &str) -> 
             .fewest_ready
             .min(live.iter().filter(|p| p.ready).count());
         let new = live.iter().filter(|p| p.version == to);
+        let most_new = timeline.created.len();
+        if new.clone().count() < most_new && timeline.went_back.is_none() {
+            timeline.went_back = Some(format!(
+                "{} live pods of {to} after {most_new}: {seen:?}",
+                new.clone().count()
+            ));
+        }
         for n in 1..=new.clone().count() {
             timeline.created.entry(n).or_insert(now);
         }
@@ -282,6 +291,7 @@ fn assert_stepped(timeline: &Timeline) {
         timeline.saw_in_progress,
         "the status never showed the rollout in progress"
     );
+    assert_eq!(timeline.went_back, None, "the rollout went backwards");
     // Each step's pods were Ready for its bake before the next step's first pod was created.
     for step in STEP_PODS.windows(2) {
         let (done, next) = (step[0], step[0] + 1);
