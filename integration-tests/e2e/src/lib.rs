@@ -9,8 +9,9 @@
 //! | [`git`] | [`GitRepo`] work trees and [`GitServer`], one `git daemon` whose group is killed on drop |
 //! | [`http_origin`] | [`HttpOrigin`], archives served with ETags; [`post_sink`], bodies POSTed recorded |
 //! | [`data`] | deterministic bytes, raw tar archives, gzip |
-//! | [`stack`] | [`DataStack`]: a VersionWatcher and a DataRepository as `autocrane` processes |
+//! | [`registry`] | [`Registry`]: a real OCI registry (`docker-registry`) tags are pushed to; [`http`], a plain HTTP client |
 //! | [`secrets`] | [`assert_no_secrets`] in logs and [`command_line`]s: tokens and keys the test handled, and anything shaped like a credential |
+//! | [`stack`] | [`VersionWatcherProcess`] and [`DataStack`]: the VersionWatcher (and a DataRepository) as `autocrane` processes |
 //!
 //! A missing tool is a test failure with a message saying how to install it, never a skip. It
 //! depends on no AutoCrane crate, so any crate can dev-depend on it; the simulators it starts
@@ -22,6 +23,7 @@ pub mod data;
 pub mod git;
 pub mod http_origin;
 pub mod process;
+pub mod registry;
 pub mod secrets;
 pub mod stack;
 
@@ -30,8 +32,9 @@ pub use data::{RawEntry, file, gzip, noise, raw_tar, strings, symlink};
 pub use git::{GitRepo, GitServer, git};
 pub use http_origin::{HttpOrigin, post_sink};
 pub use process::{Launch, Running, is_alive, processes_in_group};
+pub use registry::{Registry, http};
 pub use secrets::{assert_no_secrets, assert_traced, command_line};
-pub use stack::{DataStack, accepting};
+pub use stack::{DataStack, VersionWatcherProcess, accepting};
 
 use std::{
     io::{Read, Write},

@@ -1,5 +1,6 @@
-//! [`DataStack`]: a VersionWatcher and a DataRepository as real `autocrane` processes, the
-//! upstream every data test needs (the DataRepository's own tests, the DataDeployer's). Only the
+//! [`VersionWatcherProcess`], the one way tests start the VersionWatcher as a process, and
+//! [`DataStack`]: it and a DataRepository as real `autocrane` processes, the upstream every data
+//! test needs (the DataRepository's own tests, the DataDeployer's). Only the
 //! processes live here; the gRPC calls belong to each crate's tests, which know the API.
 //!
 //! The tests' origins (`git daemon`, HTTP servers) listen on 127.0.0.1, which both servers refuse
@@ -53,32 +54,10 @@ impl DataStack {
         vw_allowed: &[&str],
         repo_allowed: &[&str],
     ) -> DataStack {
-        let allow = |patterns: &[&str]| {
-            patterns
-                .iter()
-                .flat_map(|p| ["--allow-upstream-host".to_string(), p.to_string()])
-                .collect::<Vec<_>>()
-        };
-        let vw_port = free_port();
-        let vw_url = format!("http://127.0.0.1:{vw_port}");
-        let mut vw_args = strings(&[
-            "version-watcher",
-            "--listen",
-            &format!("127.0.0.1:{vw_port}"),
-            "--admin-listen",
-            "off",
-            "--webhook-listen",
-            "off",
-            "--state-dir",
-            dir.join("vw-state").to_str().unwrap(),
-            // Directory sources live under the test's directory; nothing else is readable.
-            "--allow-directory",
-            dir.to_str().unwrap(),
-            // No cluster to review tokens with: the stack's callers send none.
-            "--insecure-allow-anonymous",
-        ]);
-        vw_args.extend(allow(vw_allowed));
-        let vw = Running::autocrane("version-watcher", &vw_args, dir);
+        let VersionWatcherProcess {
+            process: vw,
+            url: vw_url,
+        } = VersionWatcherProcess::start_allowing(dir, vw_allowed).await;
         let repo_port = free_port();
         let store = dir.join("store");
         let mut args = strings(&[
@@ -95,10 +74,9 @@ impl DataStack {
             dir.to_str().unwrap(),
             "--insecure-allow-anonymous",
         ]);
-        args.extend(allow(repo_allowed));
+        args.extend(allow_upstream_hosts(repo_allowed));
         args.extend(strings(repo_args));
         let repo = Running::autocrane("data-repository", &args, dir);
-        accepting(([127, 0, 0, 1], vw_port).into()).await;
         accepting(([127, 0, 0, 1], repo_port).into()).await;
         DataStack {
             dir: dir.to_path_buf(),
@@ -124,6 +102,64 @@ impl DataStack {
         self.repo = Running::autocrane("data-repository", &self.repo_args, &self.dir);
         accepting(([127, 0, 0, 1], self.repo_port).into()).await;
     }
+}
+
+/// The VersionWatcher as the real `autocrane version-watcher` process on a free port of
+/// 127.0.0.1, logging to `<dir>/version-watcher.log`, its state in `<dir>/vw-state`, directory
+/// sources allowed under `dir` only, callers anonymous (no cluster to review tokens with: its
+/// authentication has its own tests). Every test that runs it as a process starts it here, so a
+/// flag each of them needs is added once.
+#[derive(Debug)]
+pub struct VersionWatcherProcess {
+    /// The process (killed on drop).
+    pub process: Running,
+    /// `http://127.0.0.1:<port>`, its gRPC endpoint.
+    pub url: String,
+}
+
+impl VersionWatcherProcess {
+    /// Starts it, allowed to reach upstreams on 127.0.0.1 (the tests' registries, `git daemon`s
+    /// and HTTP origins), and waits until it accepts connections.
+    pub async fn start(dir: &Path) -> VersionWatcherProcess {
+        Self::start_allowing(dir, &["127.0.0.1"]).await
+    }
+
+    /// Starts it with `--allow-upstream-host` for each of `allowed`, and waits until it accepts
+    /// connections.
+    pub async fn start_allowing(dir: &Path, allowed: &[&str]) -> VersionWatcherProcess {
+        let port = free_port();
+        let mut args = strings(&[
+            "version-watcher",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--admin-listen",
+            "off",
+            "--webhook-listen",
+            "off",
+            "--state-dir",
+            dir.join("vw-state").to_str().unwrap(),
+            // Directory sources live under the test's directory; nothing else is readable.
+            "--allow-directory",
+            dir.to_str().unwrap(),
+            // No cluster to review tokens with: the callers send none.
+            "--insecure-allow-anonymous",
+        ]);
+        args.extend(allow_upstream_hosts(allowed));
+        let process = Running::autocrane("version-watcher", &args, dir);
+        accepting(([127, 0, 0, 1], port).into()).await;
+        VersionWatcherProcess {
+            process,
+            url: format!("http://127.0.0.1:{port}"),
+        }
+    }
+}
+
+/// `--allow-upstream-host PATTERN` for each pattern.
+fn allow_upstream_hosts(patterns: &[&str]) -> Vec<String> {
+    patterns
+        .iter()
+        .flat_map(|pattern| ["--allow-upstream-host".to_string(), pattern.to_string()])
+        .collect()
 }
 
 /// Waits until `address` accepts TCP connections.

@@ -24,6 +24,11 @@ pub struct ErrorRule {
     /// Plural resource to match (e.g. `pods`); None = any.
     #[serde(default)]
     pub resource: Option<String>,
+    /// User name to match (e.g. `system:serviceaccount:autocrane-system:autocrane-controller`);
+    /// None = any. Scopes the faults to one client, so a test can disturb the component it checks
+    /// while its own reads, and the other components, see a healthy server.
+    #[serde(default)]
+    pub user: Option<String>,
     /// Probability in [0, 1] that a matching request fails.
     pub rate: f64,
     /// HTTP code: 500, 429, 409 (others give a 500-style InternalError with that code).
@@ -150,6 +155,7 @@ impl Faults {
         resource: &str,
         name: &str,
         group: &str,
+        user: &str,
     ) -> Option<ApiError> {
         let mut i = self.inner.lock().expect("faults lock");
         // Each matching rule draws in turn and the first that fires wins, so two rules on one
@@ -162,6 +168,7 @@ impl Faults {
             .filter(|r| {
                 r.verb.as_deref().is_none_or(|v| v == verb)
                     && r.resource.as_deref().is_none_or(|x| x == resource)
+                    && r.user.as_deref().is_none_or(|u| u == user)
             })
             .cloned()
             .collect();

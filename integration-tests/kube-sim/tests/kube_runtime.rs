@@ -84,6 +84,7 @@ async fn watcher_recovers_from_dropped_watches_and_410() {
     sim.faults().add_error(ErrorRule {
         verb: Some("watch".into()),
         resource: Some("configmaps".into()),
+        user: None,
         rate: 1.0,
         code: 500,
         retry_after_seconds: None,
@@ -161,6 +162,7 @@ async fn controller_reconciles_through_faults() {
     sim.faults().add_error(ErrorRule {
         verb: Some("patch".into()),
         resource: None,
+        user: None,
         rate: 0.3,
         code: 500,
         retry_after_seconds: None,
@@ -168,6 +170,7 @@ async fn controller_reconciles_through_faults() {
     sim.faults().add_error(ErrorRule {
         verb: Some("patch".into()),
         resource: None,
+        user: None,
         rate: 0.2,
         code: 409,
         retry_after_seconds: None,
@@ -175,6 +178,7 @@ async fn controller_reconciles_through_faults() {
     sim.faults().add_error(ErrorRule {
         verb: Some("watch".into()),
         resource: None,
+        user: None,
         rate: 1.0,
         code: 500,
         retry_after_seconds: None,

@@ -79,6 +79,7 @@ async fn sim_pattern(seed: u64) -> Vec<bool> {
     sim.faults().add_error(ErrorRule {
         verb: Some("get".into()),
         resource: None,
+        user: None,
         rate: 0.5,
         code: 500,
         retry_after_seconds: None,
@@ -96,6 +97,48 @@ async fn sim_pattern(seed: u64) -> Vec<bool> {
         "every failure was an injected fault"
     );
     out
+}
+
+/// A rule with `user` fails only that user's requests: a test can disturb one component while its
+/// own reads, made as the administrator, succeed.
+#[tokio::test]
+async fn a_fault_scoped_to_a_user_spares_every_other_caller() {
+    let sim = KubeSim::builder().start().await.unwrap();
+    let token = sim.issue_token("default", "robot", None);
+    let bindings: Api<k8s_openapi::api::rbac::v1::ClusterRoleBinding> = Api::all(sim.client());
+    let view = serde_json::from_value(json!({
+        "metadata": {"name": "robot-view"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
+        "subjects": [{"kind": "ServiceAccount", "name": "robot", "namespace": "default"}],
+    }))
+    .unwrap();
+    bindings
+        .create(&PostParams::default(), &view)
+        .await
+        .unwrap();
+    sim.faults().add_error(ErrorRule {
+        verb: Some("get".into()),
+        resource: None,
+        user: Some("system:serviceaccount:default:robot".into()),
+        rate: 1.0,
+        code: 500,
+        retry_after_seconds: None,
+    });
+    let admin: Api<Namespace> = Api::all(sim.client());
+    admin
+        .get("default")
+        .await
+        .expect("the administrator is spared");
+    let robot: Api<Namespace> = Api::all(sim.client_with_token(Some(&token)));
+    let err = robot
+        .get("default")
+        .await
+        .expect_err("the robot's get fails");
+    assert!(
+        matches!(&err, kube::Error::Api(status) if status.code == 500),
+        "{err}"
+    );
+    assert_eq!(sim.faults().injected(), 1);
 }
 
 #[tokio::test]

@@ -94,6 +94,13 @@ pub fn choose(
         }) => (None, Some(pinned.clone())),
         Some(_) => match offered.candidates.iter().find(|v| usable(v)) {
             Some(v) => (Some(v.clone()), None),
+            // Nothing heard from the source (a restarted controller before the VersionWatcher's
+            // first message): nothing new, so the rollout in progress goes on as the status
+            // records it. Falling back to the current version here would undo it (its new pods
+            // deleted as replaced) and start it over once the versions arrive.
+            None if offered.candidates.is_empty() => {
+                (status.target_version.clone().filter(usable), None)
+            }
             None => (None, offered.candidates.first().cloned()),
         },
     };

@@ -23,12 +23,12 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::{
     Api, Resource, ResourceExt,
     api::{DeleteParams, Patch, PatchParams, PostParams},
-    runtime::events::{Event as KubeEvent, EventType as KubeEventType, Recorder},
 };
 use serde_json::json;
 
 use crate::{
     Error,
+    events::{EventPublisher, NewEvent},
     pod_builder::{Injection, NewPod, build_pod},
     status::status_patch,
     upstream::Upstream,
@@ -79,7 +79,7 @@ pub struct SourceIds {
 #[derive(Clone)]
 pub struct Executor {
     client: kube::Client,
-    recorder: Recorder,
+    events: EventPublisher,
     upstream: std::sync::Arc<Upstream>,
     injection: Injection,
 }
@@ -114,16 +114,16 @@ fn is_status(err: &kube::Error, code: u16) -> bool {
 }
 
 impl Executor {
-    /// An executor writing with `client`, publishing Events as `recorder`.
+    /// An executor writing with `client`, publishing Events with `events`.
     pub fn new(
         client: kube::Client,
-        recorder: Recorder,
+        events: EventPublisher,
         upstream: std::sync::Arc<Upstream>,
         injection: Injection,
     ) -> Self {
         Self {
             client,
-            recorder,
+            events,
             upstream,
             injection,
         }
@@ -350,18 +350,17 @@ impl Executor {
         reason: &str,
         note: &str,
     ) {
-        let event = KubeEvent {
+        let event = NewEvent {
             type_: match type_ {
-                EventType::Normal => KubeEventType::Normal,
-                EventType::Warning => KubeEventType::Warning,
+                EventType::Normal => "Normal",
+                EventType::Warning => "Warning",
             },
-            reason: reason.to_string(),
-            note: Some(note.chars().take(1024).collect()),
-            action: "Reconcile".into(),
-            secondary: None,
+            reason,
+            note,
+            action: "Reconcile",
         };
         if let Err(e) = self
-            .recorder
+            .events
             .publish(&event, &deployment.object_ref(&()))
             .await
         {
@@ -387,7 +386,6 @@ mod tests {
     use autocrane_runtime::shutdown::Shutdown;
     use futures::future::BoxFuture;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-    use kube::runtime::events::Reporter;
     use tonic::Status;
 
     use super::*;
@@ -464,19 +462,13 @@ mod tests {
         let client =
             kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap()))
                 .unwrap();
-        let recorder = Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: "test".into(),
-                instance: None,
-            },
-        );
+        let events = EventPublisher::new(client.clone(), "test", "test");
         let data = Arc::new(FakeData::default());
         let (_stop, shutdown) = Shutdown::new();
         let upstream = Upstream::new(None, Some(data.clone()), shutdown);
         let executor = Executor::new(
             client,
-            recorder,
+            events,
             Arc::new(upstream),
             crate::pod_builder::Injection {
                 image: "autocrane:test".into(),

@@ -43,7 +43,6 @@ use kube::{
     runtime::{
         Controller, WatchStreamExt,
         controller::{Action, Config},
-        events::{Recorder, Reporter},
         reflector::{self, ObjectRef, Store},
         watcher,
     },
@@ -55,6 +54,7 @@ use tracing::Instrument;
 use crate::{
     Error,
     apply::{Executor, PINS_FINALIZER, SourceIds, has_pins_finalizer},
+    events::EventPublisher,
     observe::{HealthMemory, pod_view},
     pod_builder::Injection,
     upstream::Upstream,
@@ -250,18 +250,12 @@ pub async fn run(
         .inspect(move |_| bump())
         .touched_objects();
 
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: CONTROLLER_NAME.into(),
-            instance: Some(identity),
-        },
-    );
+    let events = EventPublisher::new(client.clone(), CONTROLLER_NAME, &identity);
     let context = Arc::new(Context {
         pods: pods.clone(),
         deployments: deployments.clone(),
         changes,
-        executor: Executor::new(client, recorder, upstream.clone(), injection),
+        executor: Executor::new(client, events, upstream.clone(), injection),
         upstream: upstream.clone(),
         memory: Mutex::new(HealthMemory::default()),
         failures: Mutex::default(),

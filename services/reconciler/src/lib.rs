@@ -11,11 +11,13 @@
 //! | [`lease`] | both | leader election on a `coordination.k8s.io/v1` Lease: a pure decision over the Lease and a loop that applies it |
 //! | [`upstream`] | gRPC | VersionWatcher / DataRepository clients behind traits, so deployments without sources need neither |
 //! | [`apply`] | kube + gRPC | carries out a `Plan`: pods, annotations, status subresource, Events, quarantines and pins; the pins finalizer |
+//! | [`events`] | kube | Events on deployments; a repeat (same reason *and* note) counts up a series, decided by a pure function |
 //! | [`controller`] | kube | the kube-runtime `Controller`: one pod watch feeding the owned-pods store, reconcile, error policy, metrics |
 //! | this file | — | the `autocrane controller` flags and [`run`] |
 
 pub mod apply;
 pub mod controller;
+pub mod events;
 pub mod lease;
 pub mod observe;
 pub mod pod_builder;

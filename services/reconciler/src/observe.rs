@@ -1,7 +1,10 @@
 //! Observation (sans-IO): a `Pod` as the API server stores it → the decision core's `PodView`.
 //!
 //! - phase from `status.phase` (absent: `Pending`);
-//! - `ready_since` from the `Ready` condition's `lastTransitionTime` when it is `True`;
+//! - `ready_since` from the `Ready` condition's `lastTransitionTime` when it is `True`: the API
+//!   server keeps that time to the second (truncated), so the moment taken is the next whole
+//!   second, the latest the pod can have turned Ready — a bake timed from the truncated second
+//!   would end up to a second early;
 //! - health from the rollup label `status.autocrane.io/health` (the WatchdogListener's value);
 //! - `health_since` from the watchdog annotations' rollup (`autocrane_api::watchdog::rollup`),
 //!   which gives the *latest* moment the pod can have entered its level (an annotation records
@@ -98,7 +101,11 @@ pub fn pod_view(
         .and_then(|s| s.conditions.as_ref())
         .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))
         .filter(|c| c.status == "True")
-        .map(|c| c.last_transition_time.as_ref().map_or(now, |t| t.0));
+        .map(|c| {
+            c.last_transition_time
+                .as_ref()
+                .map_or(now, |t| t.0 + std::time::Duration::from_secs(1))
+        });
 
     let health = Health::from_label(labels.get(HEALTH_LABEL).map(String::as_str));
     let rolled = rollup(annotations, now);
@@ -216,7 +223,8 @@ mod tests {
         assert_eq!(view.version.as_deref(), Some("1.0"));
         assert_eq!(view.phase, PodPhase::Running);
         assert_eq!(view.created_at, at("2026-01-01T00:00:00Z"));
-        assert_eq!(view.ready_since, Some(at("2026-01-01T00:00:05Z")));
+        // Ready at 00:00:05 to the second: at the latest just before 00:00:06.
+        assert_eq!(view.ready_since, Some(at("2026-01-01T00:00:06Z")));
         assert_eq!(view.health, Health::Unknown);
         assert_eq!(view.health_since, now);
         assert!(!view.deleting);

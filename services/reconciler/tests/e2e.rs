@@ -379,6 +379,9 @@ async fn a_deleted_deployment_with_the_pins_finalizer_is_released_and_gone() {
     cluster.shutdown().await;
 }
 
+/// Scenario 3, pinned: a version whose pods post `error` (the real test workload, version
+/// `2.0-bad`) is rolled back within the error threshold plus a little, marked bad in the status
+/// and never retried, while the old version keeps serving (the pods the first step did not
 /// replace stay Ready throughout).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_version_is_rolled_back_and_never_retried_while_the_old_one_serves() {

@@ -171,6 +171,7 @@ async fn a_pod_deleted_while_the_watch_was_down_is_removed_at_the_relist() {
     env.sim.faults().add_error(ErrorRule {
         verb: Some("watch".into()),
         resource: Some("pods".into()),
+        user: None,
         rate: 1.0,
         code: 500,
         retry_after_seconds: None,

@@ -347,10 +347,13 @@ async fn resource(shared: &Arc<Shared>, r: ReqInfo) -> Result<Response<Body>, Ap
         (addr, verb)
     };
     let name = addr.name.clone().unwrap_or_default();
-    if let Some(e) = shared
-        .faults
-        .error_for(verb, &addr.rt.plural, &name, &addr.rt.group)
-    {
+    if let Some(e) = shared.faults.error_for(
+        verb,
+        &addr.rt.plural,
+        &name,
+        &addr.rt.group,
+        &r.user.username,
+    ) {
         return Err(e);
     }
     let rt = &addr.rt;

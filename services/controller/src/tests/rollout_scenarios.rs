@@ -330,6 +330,52 @@ fn newer_version_supersedes_an_unfinished_rollout() {
 }
 
 #[test]
+fn a_source_not_heard_from_yet_leaves_the_rollout_in_progress_alone() {
+    let mut world = World::running(
+        deployment()
+            .replicas(4)
+            .followed()
+            .steps(&[(50, 600), (100, 0)]),
+    );
+    world.offered.candidates = vec!["v1".into()];
+    world.settle(10);
+    world.offered.candidates = vec!["v2".into(), "v1".into()];
+    world.settle(3);
+    assert_eq!(world.on_version("v2"), 2, "baking at 50%");
+    let step_started = world.status().step_started_at.clone();
+    let started = |world: &World| {
+        world
+            .event_reasons()
+            .iter()
+            .filter(|r| **r == reason::ROLLOUT_STARTED)
+            .count()
+    };
+    let rollouts = started(&world);
+    // A restarted controller: its follower of the source has no versions yet.
+    world.offered.candidates.clear();
+    let plan = world.step();
+    assert!(
+        plan.actions.is_empty(),
+        "nothing new, nothing done: {:?}",
+        plan.actions
+    );
+    assert_eq!(plan.status.target_version.as_deref(), Some("v2"));
+    assert_eq!(
+        plan.status.step_started_at, step_started,
+        "the bake goes on"
+    );
+    world.settle(3);
+    assert_eq!(world.on_version("v2"), 2);
+    // The versions arrive: the same rollout continues, not a new one.
+    world.offered.candidates = vec!["v2".into(), "v1".into()];
+    world.step();
+    assert!(!world.event_reasons().contains(&reason::ROLLOUT_SUPERSEDED));
+    assert_eq!(started(&world), rollouts, "no rollout started over");
+    world.settle(700);
+    assert_eq!(world.on_version("v2"), 4);
+}
+
+#[test]
 fn scale_down_keeps_max_unavailable() {
     let mut world = World::running(
         pinned("v1")

@@ -174,13 +174,8 @@ impl Cluster {
         lease_secs: u64,
         flags: &[&str],
     ) -> Replica {
-        let admin = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let admin_flag = admin.to_string();
         let lease_flag = lease_secs.to_string();
         let mut argv = vec![
-            "controller",
-            "--admin-listen",
-            &admin_flag,
             "--lease-namespace",
             "default",
             "--lease-duration-secs",
@@ -189,14 +184,71 @@ impl Cluster {
             identity,
         ];
         argv.extend_from_slice(flags);
-        let cli = Cli::try_parse_from(argv).unwrap();
-        let (stop, shutdown) = Shutdown::new();
-        let task = tokio::spawn(autocrane_reconciler::run_with(
-            cli.args,
-            Process::new(shutdown),
-            self.sim.client(),
-        ));
-        Replica { stop, task, admin }
+        spawn_controller(self.sim.client(), &argv)
+    }
+
+    /// A controller replica as it is installed: as the ServiceAccount
+    /// [`CONTROLLER_ACCOUNT`] with only the rights `deploy/rbac.yaml` grants it (call
+    /// [`Cluster::install_rbac`] first), its Lease in `autocrane-system`, with `flags`. Being one
+    /// user lets a test scope the API server's faults to the controller.
+    pub(crate) fn controller_as_installed(&self, identity: &str, flags: &[&str]) -> Replica {
+        let (namespace, account) = CONTROLLER_ACCOUNT;
+        let token = self.sim.issue_token(namespace, account, None);
+        let mut argv = vec![
+            "--lease-namespace",
+            namespace,
+            "--lease-duration-secs",
+            "15",
+            "--identity",
+            identity,
+        ];
+        argv.extend_from_slice(flags);
+        spawn_controller(self.sim.client_with_token(Some(&token)), &argv)
+    }
+
+    /// `autocrane controller` as a process (so that it can be SIGKILLed), as the installed
+    /// ServiceAccount [`CONTROLLER_ACCOUNT`] (its kubeconfig carries the account's token; call
+    /// [`Cluster::install_rbac`] first), its Lease in `autocrane-system`, admin listener off.
+    pub(crate) fn controller_process(&self, identity: &str, flags: &[&str]) -> ControllerProcess {
+        let (namespace, account) = CONTROLLER_ACCOUNT;
+        let token = self.sim.issue_token(namespace, account, None);
+        let kubeconfig = self.dir.path().join(format!("kubeconfig-{identity}"));
+        std::fs::write(
+            &kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters: [{{name: sim, cluster: {{server: \"{}\"}}}}]\nusers: [{{name: controller, user: {{token: \"{token}\"}}}}]\ncontexts: [{{name: sim, context: {{cluster: sim, user: controller}}}}]\ncurrent-context: sim\n",
+                self.sim.url()
+            ),
+        )
+        .unwrap();
+        let mut argv: Vec<String> = [
+            "controller",
+            "--admin-listen",
+            "off",
+            "--lease-namespace",
+            namespace,
+            "--identity",
+            identity,
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        argv.extend(flags.iter().map(|f| f.to_string()));
+        let log = self.dir.path().join(format!("controller-{identity}.log"));
+        let mut controller = ControllerProcess {
+            argv,
+            kubeconfig,
+            log,
+            process: None,
+        };
+        controller.start();
+        controller
+    }
+
+    /// `deploy/rbac.yaml`: the components' ServiceAccounts and least-privilege roles.
+    pub(crate) async fn install_rbac(&self) {
+        let rbac = workspace_root().join("deploy/rbac.yaml");
+        self.kubectl(&["apply", "-f", rbac.to_str().unwrap()]).await;
     }
 
     pub(crate) fn pods(&self) -> Api<Pod> {
@@ -221,6 +273,60 @@ impl Cluster {
         drop(self.listener);
         self.kubelet.shutdown().await;
         self.sim.shutdown().await;
+    }
+}
+
+/// The controller's ServiceAccount in `deploy/rbac.yaml`: (namespace, name).
+pub(crate) const CONTROLLER_ACCOUNT: (&str, &str) = ("autocrane-system", "autocrane-controller");
+
+/// The user name the API server knows the installed controller by.
+pub(crate) fn controller_user() -> String {
+    let (namespace, account) = CONTROLLER_ACCOUNT;
+    format!("system:serviceaccount:{namespace}:{account}")
+}
+
+/// `autocrane controller <argv>` in-process with `client`, its admin listener on a free port.
+fn spawn_controller(client: kube::Client, argv: &[&str]) -> Replica {
+    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let admin_flag = admin.to_string();
+    let mut full = vec!["controller", "--admin-listen", &admin_flag];
+    full.extend_from_slice(argv);
+    let cli = Cli::try_parse_from(full).unwrap();
+    let (stop, shutdown) = Shutdown::new();
+    let task = tokio::spawn(autocrane_reconciler::run_with(
+        cli.args,
+        Process::new(shutdown),
+        client,
+    ));
+    Replica { stop, task, admin }
+}
+
+/// `autocrane controller` as a process, logging to the cluster's directory.
+pub(crate) struct ControllerProcess {
+    argv: Vec<String>,
+    kubeconfig: std::path::PathBuf,
+    /// Its log (appended to across restarts).
+    pub(crate) log: std::path::PathBuf,
+    process: Option<Running>,
+}
+
+impl ControllerProcess {
+    fn start(&mut self) {
+        let mut command = Command::new(autocrane_bin());
+        command
+            .args(&self.argv)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("AUTOCRANE_LOG", "info");
+        self.process = Some(Running::builder(command).log_to(&self.log).start());
+    }
+
+    /// SIGKILL — a crash: nothing flushed, no Lease released — then started again as the same
+    /// replica (a restarted pod keeps its name).
+    pub(crate) fn kill_and_restart(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            process.kill();
+        }
+        self.start();
     }
 }
 
@@ -397,9 +503,6 @@ pub(crate) async fn workload_pods(pods: &Api<Pod>) -> Vec<(String, String, bool,
         .collect()
 }
 
-/// Scenario 3, pinned: a version whose pods post `error` (the real test workload, version
-/// `2.0-bad`) is rolled back within the error threshold plus a little, marked bad in the status
-/// and never retried, while the old version keeps serving (the pods the first step did not
 /// The in-process controller's logs in the test output (`RUST_LOG`, default: the controller at
 /// info), so a failing scenario shows what the controller decided.
 pub(crate) fn log_to_test_output() {
