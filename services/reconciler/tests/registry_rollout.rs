@@ -15,6 +15,7 @@
 //!   right.
 //! - Scenario 6 on scenario 2: the same two rollouts while two controller replicas, as
 //!   `autocrane controller` processes, are SIGKILLed and restarted at 20 seeded random moments.
+//!   They log at `--log trace`, and their ServiceAccount token shows in no log or command line.
 
 mod support;
 
@@ -23,7 +24,9 @@ use std::{
     time::Duration,
 };
 
-use autocrane_test_support::{Registry, VersionWatcherProcess, eventually};
+use autocrane_test_support::{
+    Registry, VersionWatcherProcess, assert_no_secrets, assert_traced, command_line, eventually,
+};
 use k8s_openapi::api::{core::v1::Pod, events::v1::Event};
 use kube::{Api, ResourceExt, api::ListParams};
 use kube_sim::ErrorRule;
@@ -596,8 +599,16 @@ async fn a_pushed_tag_converges_while_controllers_are_killed_at_random_moments()
     registry.push_tag(REPOSITORY, "1.0.0").await;
     let vw_dir = tempfile::tempdir().unwrap();
     let vw = VersionWatcherProcess::start(vw_dir.path()).await;
-    // A short Lease, so that a standby takes over a killed leader soon.
-    let flags = ["--version-watcher", &vw.url, "--lease-duration-secs", "2"];
+    // A short Lease, so that a standby takes over a killed leader soon; every crate's trace
+    // output, where a careless Debug of a request or a config would show a token.
+    let flags = [
+        "--version-watcher",
+        &vw.url,
+        "--lease-duration-secs",
+        "2",
+        "--log",
+        "trace",
+    ];
     let mut replicas = [
         cluster.controller_process("replica-a", &flags),
         cluster.controller_process("replica-b", &flags),
@@ -654,6 +665,21 @@ async fn a_pushed_tag_converges_while_controllers_are_killed_at_random_moments()
     let writes = only_the_leader_wrote(&logs);
     println!("pod writes, each by the replica leading then: {writes}");
     assert!(writes > 0, "no pod write was logged");
+    // The replicas' token (their kubeconfig's) shows in no log line and no command line.
+    let tokens: Vec<String> = replicas.iter().map(|r| r.token().to_string()).collect();
+    let tokens: Vec<&str> = tokens.iter().map(String::as_str).collect();
+    for (replica, log) in replicas.iter().zip(&logs) {
+        let name = format!("controller {}", replica.log.display());
+        assert_traced(&name, log, 100);
+        assert_no_secrets(&format!("{name}'s log"), log, &tokens);
+        if let Some(pid) = replica.pid() {
+            assert_no_secrets(
+                &format!("{name}'s command line"),
+                &command_line(pid),
+                &tokens,
+            );
+        }
+    }
     drop(replicas);
     drop(vw);
     cluster.shutdown().await;

@@ -238,6 +238,7 @@ impl Cluster {
         let mut controller = ControllerProcess {
             argv,
             kubeconfig,
+            token,
             log,
             process: None,
         };
@@ -305,6 +306,8 @@ fn spawn_controller(client: kube::Client, argv: &[&str]) -> Replica {
 pub(crate) struct ControllerProcess {
     argv: Vec<String>,
     kubeconfig: std::path::PathBuf,
+    /// The ServiceAccount token its kubeconfig carries.
+    token: String,
     /// Its log (appended to across restarts).
     pub(crate) log: std::path::PathBuf,
     process: Option<Running>,
@@ -318,6 +321,16 @@ impl ControllerProcess {
             .env("KUBECONFIG", &self.kubeconfig)
             .env("AUTOCRANE_LOG", "info");
         self.process = Some(Running::builder(command).log_to(&self.log).start());
+    }
+
+    /// The ServiceAccount token its kubeconfig carries (a secret no log may show).
+    pub(crate) fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// The running process's id.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(Running::pid)
     }
 
     /// SIGKILL — a crash: nothing flushed, no Lease released — then started again as the same
