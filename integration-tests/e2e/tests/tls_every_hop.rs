@@ -553,16 +553,20 @@ async fn every_hop_runs_over_mutual_tls() {
     assert!(format!("{state:?}").contains("v1"), "{state:?}");
 
     // DataDeployer → DataRepository and → WatchdogListener, for a pod of the cluster.
-    cluster
-        .kubectl_ok(&[
+    // On the real control plane the namespace's default ServiceAccount, which admission wants,
+    // comes a moment after the namespace.
+    eventually(WAIT, "pod web-0 created", || async {
+        let args = [
             "-n",
             NS,
             "run",
             "web-0",
             "--image=registry.local/web:1",
             "--restart=Never",
-        ])
-        .await;
+        ];
+        cluster.kubectl(&args).await.ok
+    })
+    .await;
     let podinfo = dir.join("podinfo");
     std::fs::create_dir_all(&podinfo).unwrap();
     std::fs::write(
@@ -667,7 +671,7 @@ spec:
       mountPath: /data
       source:
         directory: {{path: "{catalog}"}}
-        policy: {{regex: {{pattern: 'v(?P<n>\d+)', capture: n, order: Numeric}}}}
+        policy: {{regex: {{pattern: 'v(?P<n>\d+)', capture: "n", order: Numeric}}}}
         pollInterval: 1s
   template:
     metadata:

@@ -334,7 +334,7 @@ impl Material for Identity {
         };
         tracing::info!(
             file = %files[0].path.display(),
-            flag = files[0].flag,
+            flag = %files[0].flag,
             %subject,
             %serial,
             %not_after,
@@ -385,7 +385,7 @@ impl Material for CaBundle {
         };
         tracing::info!(
             file = %files[0].path.display(),
-            flag = files[0].flag,
+            flag = %files[0].flag,
             certificates = subjects.len(),
             subjects = ?subjects,
             serials = ?serials,
