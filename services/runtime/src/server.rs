@@ -4,7 +4,8 @@
 //! reflection in both v1 and v1alpha (grpcurl 1.8 speaks only v1alpha), applies the message-size
 //! limit to every service, a default deadline for unary calls, a per-connection concurrency limit
 //! (calls beyond it get RESOURCE_EXHAUSTED),
-//! optional TLS with optional client-certificate verification, a span per RPC whose parent is the
+//! optional TLS with optional client-certificate verification (certificate, key and client CA
+//! re-read when their files change, see [`crate::tls`]), a span per RPC whose parent is the
 //! caller's W3C trace context, per-method metrics, and graceful shutdown: on the signal the health
 //! status turns NOT_SERVING, the listener stops accepting, open response streams end with OK (see
 //! [`crate::stream_shutdown`]; clients resume with their token), and
