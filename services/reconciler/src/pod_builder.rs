@@ -704,7 +704,13 @@ mod tests {
         };
         let pod = serde_json::to_value(build_pod(&d, new, &injection, &ids).unwrap()).unwrap();
         let spec = &pod["spec"];
-        for deployer in [&spec["initContainers"][0], &spec["containers"][1]] {
+        let sidecar = spec["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "autocrane-data")
+            .unwrap();
+        for deployer in [&spec["initContainers"][0], sidecar] {
             assert!(
                 deployer["name"]
                     .as_str()
