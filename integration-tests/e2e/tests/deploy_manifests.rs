@@ -2,6 +2,8 @@
 //! wildcard verbs, resources or groups, no access to secrets, and no token for components that do
 //! not talk to Kubernetes. What the grants allow, asked of an API server, is `tests/rbac.rs`.
 
+use std::collections::BTreeMap;
+
 use autocrane_test_support::workspace_root;
 
 fn documents(file: &str) -> Vec<serde_json::Value> {
@@ -171,4 +173,118 @@ fn only_the_data_repository_and_the_controller_reach_the_version_watcher_api() {
     for rule in rules.iter().filter(|r| r["ports"][0]["port"] != "grpc") {
         assert_eq!(rule["ports"], serde_json::json!([{"port": "admin"}]));
     }
+}
+
+/// `deploy/tls/` as kustomize renders it on top of `deploy/` (through a kustomization of the
+/// user's own, as its README says): every server serves TLS from a mounted Secret and requires
+/// client certificates, every client URL is `https://` with a client certificate, no Secret is
+/// mounted with `subPath` (the kubelet would never update it), no probe speaks gRPC to the TLS
+/// port, and every variable set is one the subcommand reads (its `--help` names it).
+#[test]
+fn the_tls_component_turns_on_mutual_tls_for_every_component() {
+    let kubectl = autocrane_test_support::system_tool("kubectl");
+    let install = tempfile::tempdir().unwrap();
+    let deploy = workspace_root().join("deploy");
+    std::fs::write(
+        install.path().join("kustomization.yaml"),
+        format!(
+            "resources: [{base}]\ncomponents: [{tls}]\n",
+            base = relative(install.path(), &deploy),
+            tls = relative(install.path(), &deploy.join("tls")),
+        ),
+    )
+    .unwrap();
+    let (ok, out, err) = autocrane_test_support::run(
+        std::process::Command::new(kubectl)
+            .arg("kustomize")
+            .arg(install.path()),
+    );
+    assert!(ok, "kubectl kustomize: {err}");
+    let docs: Vec<serde_json::Value> = out
+        .split("\n---")
+        .map(parse_yaml)
+        .filter(|v: &serde_json::Value| !v.is_null())
+        .collect();
+    let certificates = docs.iter().filter(|d| d["kind"] == "Certificate").count();
+    assert!(certificates >= 5, "the CA, three servers, the controller");
+    let deployments: Vec<&serde_json::Value> =
+        docs.iter().filter(|d| d["kind"] == "Deployment").collect();
+    assert_eq!(deployments.len(), 4);
+    for deployment in deployments {
+        let name = deployment["metadata"]["name"].as_str().unwrap();
+        let spec = &deployment["spec"]["template"]["spec"];
+        let container = &spec["containers"][0];
+        let env: BTreeMap<String, String> = container["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| {
+                Some((
+                    e["name"].as_str()?.to_string(),
+                    e["value"].as_str()?.to_string(),
+                ))
+            })
+            .collect();
+        let args = container["args"].to_string();
+        let serves = name != "autocrane-controller";
+        if serves {
+            for var in [
+                "AUTOCRANE_TLS_CERT",
+                "AUTOCRANE_TLS_KEY",
+                "AUTOCRANE_TLS_CLIENT_CA",
+            ] {
+                assert!(env.contains_key(var), "{name} lacks {var}");
+            }
+            assert!(
+                container["readinessProbe"]["grpc"].is_null(),
+                "{name}: the kubelet's gRPC probe cannot speak TLS"
+            );
+        }
+        let calls = ["autocrane-controller", "autocrane-data-repository"].contains(&name);
+        if calls {
+            for var in [
+                "AUTOCRANE_CLIENT_TLS_CA",
+                "AUTOCRANE_CLIENT_TLS_CERT",
+                "AUTOCRANE_CLIENT_TLS_KEY",
+            ] {
+                assert!(env.contains_key(var), "{name} lacks {var}");
+            }
+        }
+        assert!(!args.contains("http://"), "{name}: {args}");
+        for (var, value) in &env {
+            assert!(!value.starts_with("http://"), "{name}: {var}={value}");
+        }
+        let mounts = container["volumeMounts"].to_string();
+        assert!(mounts.contains("/autocrane/tls"), "{name}: {mounts}");
+        assert!(!mounts.contains("subPath"), "{name}: {mounts}");
+        let volumes = spec["volumes"].to_string();
+        assert!(
+            volumes.contains(&format!("{name}-tls")),
+            "{name}: {volumes}"
+        );
+
+        // Every variable is one the component reads.
+        let subcommand = container["args"][0].as_str().unwrap();
+        let (ok, help, err) = autocrane_test_support::run(
+            std::process::Command::new(autocrane_test_support::autocrane_bin())
+                .args([subcommand, "--help"]),
+        );
+        assert!(ok, "{subcommand} --help: {err}");
+        for var in env.keys().filter(|v| v.starts_with("AUTOCRANE_")) {
+            assert!(
+                help.contains(var.as_str()),
+                "{subcommand} does not read {var}"
+            );
+        }
+    }
+}
+
+/// `to` relative to `from` (kustomize takes relative paths only).
+fn relative(from: &std::path::Path, to: &std::path::Path) -> String {
+    let ups = from.components().count() - 1;
+    format!(
+        "{}{}",
+        "../".repeat(ups),
+        to.strip_prefix("/").unwrap().display()
+    )
 }

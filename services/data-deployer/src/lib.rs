@@ -184,9 +184,12 @@ pub async fn run(args: Args, process: Process) -> Result<(), Error> {
     // defaults, every 1 MiB chunk waits for window updates and is cut into 64 frames.
     let endpoint = client::endpoint(&repository, &client_tls)
         .map_err(|e| Error::Client("the DataRepository", e))?
-        .initial_stream_window_size(Some(16 << 20))
-        .initial_connection_window_size(Some(32 << 20))
-        .max_frame_size(Some(4 << 20));
+        .map(|endpoint| {
+            endpoint
+                .initial_stream_window_size(Some(16 << 20))
+                .initial_connection_window_size(Some(32 << 20))
+                .max_frame_size(Some(4 << 20))
+        });
     let channel = TracedChannel::new(endpoint.connect_lazy()).with_token(
         data_repository_token_file
             .as_deref()

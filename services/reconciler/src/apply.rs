@@ -476,6 +476,7 @@ mod tests {
                 watchdog_listener: None,
                 token_audience: "aud".into(),
                 data_repository_audience: "aud".into(),
+                tls_secret: None,
             },
         );
         let acd = deleting();

@@ -84,6 +84,14 @@ pub struct Args {
     #[arg(long, env = "AUTOCRANE_DATA_DEPLOYER_IMAGE")]
     pub data_deployer_image: Option<String>,
 
+    /// Secret (in each deployment's namespace) holding `ca.crt`, `tls.crt` and `tls.key`, as
+    /// cert-manager writes them, mounted into the injected DataDeployers for their `https://`
+    /// connections to the DataRepository and the WatchdogListener: the CA that signs those
+    /// servers' certificates and the deployer's client certificate. Renewals reach running
+    /// deployers without a restart.
+    #[arg(long, env = "AUTOCRANE_DATA_DEPLOYER_TLS_SECRET")]
+    pub data_deployer_tls_secret: Option<String>,
+
     /// Reconcile only the deployments (and pods) of this namespace; all namespaces when unset.
     #[arg(long, env = "AUTOCRANE_WATCH_NAMESPACE")]
     pub watch_namespace: Option<String>,
@@ -361,6 +369,7 @@ pub async fn run_with(args: Args, process: Process, client: kube::Client) -> Res
         watchdog_listener,
         watchdog_audience,
         data_deployer_image,
+        data_deployer_tls_secret,
         watch_namespace,
         leader_election,
         lease_namespace,
@@ -400,6 +409,7 @@ pub async fn run_with(args: Args, process: Process, client: kube::Client) -> Res
         watchdog_listener,
         token_audience: watchdog_audience,
         data_repository_audience,
+        tls_secret: data_deployer_tls_secret,
     };
     let settings = controller::Settings {
         namespace: watch_namespace,

@@ -29,7 +29,7 @@ use k8s_openapi::{
     api::core::v1::{
         Capabilities, Container, DownwardAPIVolumeFile, DownwardAPIVolumeSource,
         EmptyDirVolumeSource, EnvVar, EnvVarSource, ObjectFieldSelector, Pod, PodReadinessGate,
-        PodSpec, ProjectedVolumeSource, SeccompProfile, SecurityContext,
+        PodSpec, ProjectedVolumeSource, SeccompProfile, SecretVolumeSource, SecurityContext,
         ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
     },
     apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference},
@@ -54,6 +54,12 @@ pub const DATA_VOLUME: &str = "autocrane-data";
 pub const PODINFO_VOLUME: &str = "autocrane-podinfo";
 /// The projected token volume.
 pub const TOKEN_VOLUME: &str = "autocrane-token";
+/// The volume of the deployer's TLS Secret (`--data-deployer-tls-secret`).
+pub const TLS_VOLUME: &str = "autocrane-tls";
+/// Where the deployer mounts its TLS Secret: `ca.crt`, `tls.crt`, `tls.key` (the layout
+/// cert-manager writes). Mounted as a directory, never with `subPath`, so that the kubelet's
+/// updates reach the files and the deployer picks a renewed certificate up without a restart.
+pub const TLS_DIR: &str = "/autocrane/tls";
 /// Where the deployer mounts the shared data volume.
 pub const DATA_ROOT: &str = "/autocrane/data";
 /// Where the deployer mounts the downward-API volume.
@@ -80,6 +86,10 @@ pub struct Injection {
     /// DataRepository's TokenReview expects): a second token, so neither server can replay what
     /// it receives against the other.
     pub data_repository_audience: String,
+    /// `--data-deployer-tls-secret`: a Secret in the deployment's namespace (keys `ca.crt`,
+    /// `tls.crt`, `tls.key`) that the deployer uses for its `https://` connections to the
+    /// DataRepository and the WatchdogListener: the CA it trusts and its client certificate.
+    pub tls_secret: Option<String>,
 }
 
 /// The file of the token for the DataRepository, in [`TOKEN_DIR`].
@@ -350,11 +360,29 @@ fn inject_data_deployer(
         "--data-repository-token-file".into(),
         format!("{TOKEN_DIR}/{DATA_REPOSITORY_TOKEN}"),
     ]);
-    let deployer_mounts = vec![
+    let mut deployer_mounts = vec![
         mount(DATA_VOLUME, DATA_ROOT, false),
         mount(PODINFO_VOLUME, PODINFO_DIR, true),
         mount(TOKEN_VOLUME, TOKEN_DIR, true),
     ];
+    let mut deployer_env = vec![
+        field_env("POD_NAMESPACE", "metadata.namespace"),
+        field_env("POD_NAME", "metadata.name"),
+    ];
+    if injection.tls_secret.is_some() {
+        deployer_mounts.push(mount(TLS_VOLUME, TLS_DIR, true));
+        for (name, file) in [
+            ("AUTOCRANE_CLIENT_TLS_CA", "ca.crt"),
+            ("AUTOCRANE_CLIENT_TLS_CERT", "tls.crt"),
+            ("AUTOCRANE_CLIENT_TLS_KEY", "tls.key"),
+        ] {
+            deployer_env.push(EnvVar {
+                name: name.into(),
+                value: Some(format!("{TLS_DIR}/{file}")),
+                value_from: None,
+            });
+        }
+    }
     if let Some(listener) = &injection.watchdog_listener {
         args_tail.extend([
             "--watchdog-listener".into(),
@@ -372,10 +400,7 @@ fn inject_data_deployer(
                 .chain(args_tail.iter().cloned())
                 .collect(),
         ),
-        env: Some(vec![
-            field_env("POD_NAMESPACE", "metadata.namespace"),
-            field_env("POD_NAME", "metadata.name"),
-        ]),
+        env: Some(deployer_env.clone()),
         volume_mounts: Some(deployer_mounts.clone()),
         security_context: Some(hardened()),
         ..Container::default()
@@ -431,6 +456,16 @@ fn inject_data_deployer(
         }),
         ..Volume::default()
     });
+    if let Some(secret) = &injection.tls_secret {
+        volumes.push(Volume {
+            name: TLS_VOLUME.into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(secret.clone()),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+    }
     Ok(())
 }
 
@@ -471,6 +506,7 @@ mod tests {
             watchdog_listener: Some("http://listener:7070".into()),
             token_audience: "autocrane-watchdog-listener".into(),
             data_repository_audience: "autocrane-data-repository".into(),
+            tls_secret: None,
         }
     }
 
@@ -644,6 +680,69 @@ mod tests {
                         "expirationSeconds": 3600, "path": "data-repository-token"}}]}}
             ])
         );
+    }
+
+    #[test]
+    fn a_tls_secret_is_mounted_into_both_deployers_as_a_directory() {
+        let d = deployment(json!({"data": [
+            {"name": "config", "source": {"git": {"url": "git://g/c"}}, "mountPath": "/etc/web"}
+        ]}));
+        let injection = Injection {
+            repository: Some("https://repo.autocrane-system.svc:7070".into()),
+            watchdog_listener: Some("https://listener.autocrane-system.svc:7070".into()),
+            tls_secret: Some("autocrane-data-deployer-tls".into()),
+            ..injection()
+        };
+        let ids = BTreeMap::from([("config".to_string(), "git-0123".to_string())]);
+        let data = BTreeMap::from([("config".to_string(), "c1".to_string())]);
+        let new = NewPod {
+            name: "web-abc12",
+            slot: "web-0",
+            revision: "r1",
+            version: None,
+            data: &data,
+        };
+        let pod = serde_json::to_value(build_pod(&d, new, &injection, &ids).unwrap()).unwrap();
+        let spec = &pod["spec"];
+        let sidecar = spec["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "autocrane-data")
+            .unwrap();
+        for deployer in [&spec["initContainers"][0], sidecar] {
+            assert!(
+                deployer["name"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("autocrane-data")
+            );
+            let mounts = deployer["volumeMounts"].as_array().unwrap();
+            // A directory mount, never `subPath`: the kubelet's updates must reach the files.
+            assert!(mounts.contains(
+                &json!({"name": "autocrane-tls", "mountPath": "/autocrane/tls", "readOnly": true})
+            ));
+            let env = deployer["env"].as_array().unwrap();
+            for (name, value) in [
+                ("AUTOCRANE_CLIENT_TLS_CA", "/autocrane/tls/ca.crt"),
+                ("AUTOCRANE_CLIENT_TLS_CERT", "/autocrane/tls/tls.crt"),
+                ("AUTOCRANE_CLIENT_TLS_KEY", "/autocrane/tls/tls.key"),
+            ] {
+                assert!(
+                    env.contains(&json!({"name": name, "value": value})),
+                    "{name}: {env:?}"
+                );
+            }
+        }
+        // The app container sees none of it.
+        let app = serde_json::to_string(&spec["containers"][0]).unwrap();
+        assert!(!app.contains("autocrane-tls"), "{app}");
+        let volumes = spec["volumes"].as_array().unwrap();
+        assert!(volumes.contains(&json!({"name": "autocrane-tls",
+            "secret": {"secretName": "autocrane-data-deployer-tls"}})));
+        // Without the flag, nothing of it.
+        let plain = serde_json::to_string(&build(&d, None, &[("config", "c1")])).unwrap();
+        assert!(!plain.contains("autocrane-tls"));
     }
 
     #[test]

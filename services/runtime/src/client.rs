@@ -1,38 +1,167 @@
-//! Channels from one AutoCrane component to another: TLS for `https://` URLs, connect and request
-//! timeouts, HTTP/2 keep-alive, and trace-context propagation on every call.
+//! Channels from one AutoCrane component to another: TLS for `https://` URLs (with certificates
+//! re-read when their files change, see [`crate::tls`]), connect and request timeouts, HTTP/2
+//! keep-alive, and trace-context propagation on every call.
 
 use std::{
+    future::Future,
     path::{Path, PathBuf},
+    pin::Pin,
     sync::Arc,
+    task::{Context, Poll},
     time::Duration,
 };
 
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::{RuntimeError, args::ClientTlsArgs, tls, trace_context::TracedChannel};
+use crate::{RuntimeError, args::ClientTlsArgs, tls::ClientTls, trace_context::TracedChannel};
 
 /// A channel that propagates the caller's trace context; generated clients accept it as is
 /// (`WatchdogListenerClient::new(channel)`).
 pub type AutoCraneChannel = TracedChannel<Channel>;
 
-/// Builds an endpoint for `url` (`http://host:port` or `https://host:port`).
-pub fn endpoint(url: &str, tls_args: &ClientTlsArgs) -> Result<Endpoint, RuntimeError> {
+/// Where a client connects: the tonic [`Endpoint`] (timeouts, keep-alive, HTTP/2 windows) and,
+/// for an `https://` URL, the TLS connector that reads the certificates' current files at every
+/// new connection. Build channels with [`ClientEndpoint::connect_lazy`] or
+/// [`ClientEndpoint::connect`], never from the inner endpoint alone (it has no TLS).
+#[derive(Clone, Debug)]
+pub struct ClientEndpoint {
+    endpoint: Endpoint,
+    tls: Option<TlsConnector>,
+}
+
+impl ClientEndpoint {
+    /// Adjusts the tonic endpoint (window sizes, timeouts, …).
+    pub fn map(self, adjust: impl FnOnce(Endpoint) -> Endpoint) -> Self {
+        Self {
+            endpoint: adjust(self.endpoint),
+            tls: self.tls,
+        }
+    }
+
+    /// The tonic endpoint (for `https://` URLs its URI is the `http://` one the connector is
+    /// handed; the origin the requests carry stays `https://`).
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// Whether connections use TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// A lazily connecting channel: the first call connects, and a broken connection is
+    /// re-established (with the certificates' files as they are then) on the next call.
+    pub fn connect_lazy(&self) -> Channel {
+        match &self.tls {
+            Some(tls) => self.endpoint.connect_with_connector_lazy(tls.clone()),
+            None => self.endpoint.connect_lazy(),
+        }
+    }
+
+    /// A channel connected before returning.
+    pub async fn connect(&self) -> Result<Channel, tonic::transport::Error> {
+        match &self.tls {
+            Some(tls) => self.endpoint.connect_with_connector(tls.clone()).await,
+            None => self.endpoint.connect().await,
+        }
+    }
+}
+
+/// Builds the endpoint for `url` (`http://host:port` or `https://host:port`); for `https://` the
+/// TLS files of `tls_args` are read now (an unreadable one is an error naming its flag) and again
+/// whenever they change.
+pub fn endpoint(url: &str, tls_args: &ClientTlsArgs) -> Result<ClientEndpoint, RuntimeError> {
     let wrap = |source| RuntimeError::Endpoint {
         endpoint: url.to_string(),
         source,
     };
-    let mut endpoint = Endpoint::from_shared(url.to_string())
-        .map_err(wrap)?
-        .connect_timeout(Duration::from_secs(5))
-        .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_while_idle(true)
-        .tcp_nodelay(true);
-    if url.starts_with("https://") {
-        endpoint = endpoint
-            .tls_config(tls::client_config(tls_args)?)
-            .map_err(wrap)?;
+    let configure = |endpoint: Endpoint| {
+        endpoint
+            .connect_timeout(Duration::from_secs(5))
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_while_idle(true)
+            .tcp_nodelay(true)
+    };
+    if !url.starts_with("https://") {
+        return Ok(ClientEndpoint {
+            endpoint: configure(Endpoint::from_shared(url.to_string()).map_err(wrap)?),
+            tls: None,
+        });
     }
-    Ok(endpoint)
+    // tonic refuses an `https://` URI without its own (read-once) TLS: the connector is handed
+    // the `http://` form of the URL and makes the TLS connection itself, while the requests keep
+    // the `https://` origin.
+    let origin: http::Uri = Endpoint::from_shared(url.to_string())
+        .map_err(wrap)?
+        .uri()
+        .clone();
+    let authority = origin
+        .authority()
+        .ok_or_else(|| RuntimeError::TlsConfig(format!("{url}: no host in the URL")))?;
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let port = authority.port_u16().unwrap_or(443);
+    let path = origin.path_and_query().map_or("", |p| p.as_str());
+    let plain = format!("http://{}:{port}{path}", authority.host());
+    let tls = ClientTls::load(tls_args)?;
+    let server_name = match tls.server_name() {
+        Some(name) => name.clone(),
+        None => ServerName::try_from(host.to_string()).map_err(|e| {
+            RuntimeError::TlsConfig(format!(
+                "{url}: the host is not a name TLS can verify ({e}); set --client-tls-server-name"
+            ))
+        })?,
+    };
+    let endpoint = configure(Endpoint::from_shared(plain).map_err(wrap)?).origin(origin);
+    Ok(ClientEndpoint {
+        endpoint,
+        tls: Some(TlsConnector { tls, server_name }),
+    })
+}
+
+/// Connects TCP and then TLS (ALPN `h2`) with the client configuration current at that moment,
+/// so a rotated client certificate or CA bundle is used from the next connection on.
+#[derive(Clone, Debug)]
+pub struct TlsConnector {
+    tls: Arc<ClientTls>,
+    server_name: ServerName<'static>,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl tower::Service<http::Uri> for TlsConnector {
+    type Response = TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        let tls = self.tls.clone();
+        let server_name = self.server_name.clone();
+        Box::pin(async move {
+            let host = uri
+                .host()
+                .ok_or("no host in the URL")?
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string();
+            let port = uri.port_u16().unwrap_or(443);
+            let tcp = TcpStream::connect((host.as_str(), port)).await?;
+            tcp.set_nodelay(true)?;
+            let stream = tokio_rustls::TlsConnector::from(tls.config())
+                .connect(server_name, tcp)
+                .await?;
+            Ok(TokioIo::new(stream))
+        })
+    }
 }
 
 /// A lazily connecting channel to `url`: the first call connects, and a broken connection is

@@ -4,13 +4,16 @@
 //! reflection in both v1 and v1alpha (grpcurl 1.8 speaks only v1alpha), applies the message-size
 //! limit to every service, a default deadline for unary calls, a per-connection concurrency limit
 //! (calls beyond it get RESOURCE_EXHAUSTED),
-//! optional TLS with optional client-certificate verification, a span per RPC whose parent is the
+//! optional TLS with optional client-certificate verification (certificate, key and client CA
+//! re-read when their files change, see [`crate::tls`]), a span per RPC whose parent is the
 //! caller's W3C trace context, per-method metrics, and graceful shutdown: on the signal the health
 //! status turns NOT_SERVING, the listener stops accepting, open response streams end with OK (see
 //! [`crate::stream_shutdown`]; clients resume with their token), and
 //! in-flight calls get a bounded drain period.
 
-use std::{convert::Infallible, net::SocketAddr, time::Duration};
+use std::{
+    convert::Infallible, future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Duration,
+};
 
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -24,7 +27,12 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 use tower::Service;
 
 use crate::{
-    RuntimeError, admin::GrpcMetrics, args::ServerArgs, shutdown::Shutdown, tls, trace_context,
+    RuntimeError,
+    admin::GrpcMetrics,
+    args::ServerArgs,
+    shutdown::Shutdown,
+    tls::{self, ServerTls},
+    trace_context,
 };
 
 /// How long in-flight calls may run after the shutdown signal before the server stops anyway.
@@ -67,12 +75,14 @@ pub struct GrpcServer {
     health: HealthReporter,
     service_names: Vec<&'static str>,
     metrics: Option<GrpcMetrics>,
+    tls: Option<Arc<ServerTls>>,
 }
 
 impl GrpcServer {
     /// A server configured by `args`, serving health now and reflection (of the services added)
-    /// once it serves.
+    /// once it serves. The TLS files are read here: a bad flag or file fails now, naming the flag.
     pub fn new(args: &ServerArgs) -> Result<Self, RuntimeError> {
+        let tls = ServerTls::load(&args.tls)?;
         let (health, health_service) = tonic_health::server::health_reporter();
         let mut routes = RoutesBuilder::default();
         routes.add_service(health_service);
@@ -82,6 +92,7 @@ impl GrpcServer {
             health,
             service_names: Vec::new(),
             metrics: None,
+            tls,
         })
     }
 
@@ -165,12 +176,13 @@ impl GrpcServer {
             health,
             service_names,
             metrics,
+            tls,
         } = self;
         let local = listener
             .local_addr()
             .map(|addr| addr.to_string())
             .unwrap_or_default();
-        let mut server = Server::builder()
+        let server = Server::builder()
             .timeout(Duration::from_secs(args.default_deadline_secs))
             .concurrency_limit_per_connection(args.max_concurrent_requests)
             // Past the limit a call is refused at once with RESOURCE_EXHAUSTED (the contract for
@@ -179,12 +191,7 @@ impl GrpcServer {
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .tcp_nodelay(true)
             .trace_fn(trace_context::server_span);
-        let tls_on = args.tls.tls_cert.is_some();
-        if let Some(config) = tls::server_config(&args.tls)? {
-            server = server
-                .tls_config(config)
-                .map_err(|err| RuntimeError::TlsConfig(err.to_string()))?;
-        }
+        let tls_on = tls.is_some();
 
         for name in &service_names {
             health
@@ -215,7 +222,7 @@ impl GrpcServer {
         tracing::info!(
             address = %local,
             tls = tls_on,
-            client_auth = args.tls.tls_client_ca.is_some(),
+            client_auth = tls.as_ref().is_some_and(|tls| tls.verifies_clients()),
             services = ?service_names,
             "gRPC server listening"
         );
@@ -234,16 +241,31 @@ impl GrpcServer {
                 .await;
             tracing::info!("gRPC server draining");
         };
-        // `Server::tcp_nodelay` only applies when tonic binds the listener itself; with our own
-        // listener Nagle's algorithm would stay on and delay small responses by ~40 ms under
-        // concurrency (delayed ACKs), so set TCP_NODELAY on every accepted socket here.
-        let incoming = tokio_stream::StreamExt::map(TcpListenerStream::new(listener), |accepted| {
-            if let Ok(stream) = &accepted {
-                let _ = stream.set_nodelay(true);
-            }
-            accepted
-        });
-        let serving = router.serve_with_incoming_shutdown(incoming, signal);
+        // TLS is ours, not tonic's: the acceptor reads the certificate files' current contents at
+        // every handshake (see `tls`), so a rotated certificate is served without a restart.
+        let serving: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
+            match tls {
+                Some(tls) => Box::pin(router.serve_with_incoming_shutdown(
+                    tls::incoming(listener, tls, shutdown.clone()),
+                    signal,
+                )),
+                None => {
+                    // `Server::tcp_nodelay` only applies when tonic binds the listener itself;
+                    // with our own listener Nagle's algorithm would stay on and delay small
+                    // responses by ~40 ms under concurrency (delayed ACKs), so set TCP_NODELAY on
+                    // every accepted socket here.
+                    let incoming = tokio_stream::StreamExt::map(
+                        TcpListenerStream::new(listener),
+                        |accepted| {
+                            if let Ok(stream) = &accepted {
+                                let _ = stream.set_nodelay(true);
+                            }
+                            accepted
+                        },
+                    );
+                    Box::pin(router.serve_with_incoming_shutdown(incoming, signal))
+                }
+            };
         let drain_deadline = async {
             shutdown.wait().await;
             tokio::time::sleep(DRAIN_TIMEOUT).await;
