@@ -112,17 +112,7 @@ async fn app_process(ip: &str) -> Option<(u64, String)> {
 
 /// `{.status.data[0].<field>}` of the deployment.
 async fn data_status(cluster: &Cluster, name: &str, field: &str) -> String {
-    cluster
-        .kubectl(&[
-            "get",
-            "acd",
-            name,
-            "-n",
-            NS,
-            "-o",
-            &format!("jsonpath={{.status.data[0].{field}}}"),
-        ])
-        .await
+    acd_fields(cluster, name, &[&format!("status.data[0].{field}")]).await
 }
 
 /// Commits `status` (what the test workload reads: `ok` or `error`) and a data file to `work`,

@@ -107,15 +107,7 @@ async fn seen_pods(pods: &Api<Pod>) -> Vec<SeenPod> {
     listed
         .into_iter()
         .map(|p| {
-            let image = p.spec.as_ref().unwrap().containers[0]
-                .image
-                .clone()
-                .unwrap_or_default();
-            let ready = p
-                .status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            let (image, ready) = (pod_image(&p), pod_ready(&p));
             let owner = p
                 .owner_references()
                 .iter()
@@ -135,22 +127,6 @@ async fn seen_pods(pods: &Api<Pod>) -> Vec<SeenPod> {
             }
         })
         .collect()
-}
-
-/// `kubectl get acd <name> -o jsonpath=…` of `fields` (space-separated).
-async fn acd_fields(cluster: &Cluster, name: &str, fields: &[&str]) -> String {
-    let path: Vec<String> = fields.iter().map(|f| format!("{{.{f}}}")).collect();
-    cluster
-        .kubectl(&[
-            "get",
-            "acd",
-            name,
-            "-n",
-            NS,
-            "-o",
-            &format!("jsonpath={}", path.join(" ")),
-        ])
-        .await
 }
 
 /// What a user would look at when a wait fails: pods, the deployment, Events.

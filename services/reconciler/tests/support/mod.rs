@@ -393,19 +393,41 @@ pub(crate) async fn live_pods(pods: &Api<Pod>) -> Vec<(String, String, bool)> {
         .items
         .into_iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .map(|p| {
-            let image = p.spec.as_ref().unwrap().containers[0]
-                .image
-                .clone()
-                .unwrap_or_default();
-            let ready = p
-                .status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-            (p.name_any(), image, ready)
-        })
+        .map(|p| (p.name_any(), pod_image(&p), pod_ready(&p)))
         .collect()
+}
+
+/// The image of the pod's first (app) container.
+pub(crate) fn pod_image(pod: &Pod) -> String {
+    pod.spec.as_ref().unwrap().containers[0]
+        .image
+        .clone()
+        .unwrap_or_default()
+}
+
+/// Whether the pod's Ready condition is True.
+pub(crate) fn pod_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// `kubectl get acd <name> -o jsonpath=…` of `fields` (space-separated), as a user reads the
+/// deployment's status.
+pub(crate) async fn acd_fields(cluster: &Cluster, name: &str, fields: &[&str]) -> String {
+    let path: Vec<String> = fields.iter().map(|f| format!("{{.{f}}}")).collect();
+    cluster
+        .kubectl(&[
+            "get",
+            "acd",
+            name,
+            "-n",
+            NS,
+            "-o",
+            &format!("jsonpath={}", path.join(" ")),
+        ])
+        .await
 }
 
 /// An AutoCraneDeployment of the real test workload (`autocrane testworkload`, serving HTTP on
