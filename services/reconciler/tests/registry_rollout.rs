@@ -129,6 +129,22 @@ async fn seen_pods(pods: &Api<Pod>) -> Vec<SeenPod> {
         .collect()
 }
 
+/// Waits until the namespace holds the [`REPLICAS`] converged pods and nothing else (no pod left
+/// over, none terminating for long).
+async fn no_pod_left_over(cluster: &Cluster) {
+    eventually(WAIT, "no pod but the converged ones", || async {
+        cluster
+            .pods()
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .len()
+            == REPLICAS
+    })
+    .await;
+}
+
 /// What a user would look at when a wait fails: pods, the deployment, Events.
 async fn diagnose(cluster: &Cluster) -> String {
     let mut out = cluster
@@ -463,17 +479,7 @@ async fn a_pushed_tag_converges_while_the_api_server_fails_the_controller() {
     println!("reconciles that ended in an error: {failures}");
 
     // Nothing but the deployment's pods, and no pod left terminating for long.
-    eventually(WAIT, "no pod but the converged ones", || async {
-        cluster
-            .pods()
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .len()
-            == REPLICAS
-    })
-    .await;
+    no_pod_left_over(&cluster).await;
 
     controller.stop().await;
     drop(vw);
@@ -621,17 +627,7 @@ async fn a_pushed_tag_converges_while_controllers_are_killed_at_random_moments()
     let replicas = killer.await.unwrap();
     // Every kill done; whoever leads now keeps it converged, and no pod is left over.
     wait_converged(&cluster, "web", "3.0.0").await;
-    eventually(WAIT, "no pod but the converged ones", || async {
-        cluster
-            .pods()
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .len()
-            == REPLICAS
-    })
-    .await;
+    no_pod_left_over(&cluster).await;
     // Only the leader wrote: every pod write a replica logged came after its own term began and
     // before any other replica's term began.
     let logs: Vec<String> = replicas
