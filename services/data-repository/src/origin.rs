@@ -300,7 +300,18 @@ fn git_fetch(
     commit: &str,
     fetch_ref: &str,
 ) -> Result<(), StageError> {
-    // Checked first, so a refused remote leaves no mirror behind either.
+    let present = |mirror: &Path| {
+        git(sandbox, mirror)
+            .args(["cat-file", "-e", &format!("{commit}^{{commit}}")])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    // A commit already cached needs no remote: no DNS lookup, no connection.
+    if mirror.join("HEAD").exists() && present(mirror) {
+        return Ok(());
+    }
+    // Checked before the mirror is made, so a refused remote leaves no mirror behind either.
     let by_id_command = git_remote(sandbox, mirror, url)?;
     if !mirror.join("HEAD").exists() {
         let _ = std::fs::remove_dir_all(mirror);
@@ -309,16 +320,6 @@ fn git_fetch(
         let mut init = git(sandbox, mirror);
         init.args(["init", "--bare", "-q"]);
         run(init, "init")?;
-    }
-    let present = |mirror: &Path| {
-        git(sandbox, mirror)
-            .args(["cat-file", "-e", &format!("{commit}^{{commit}}")])
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if present(mirror) {
-        return Ok(());
     }
     // By commit id first (protocol v2 serves any reachable commit), else the ref it came from.
     let mut by_id = by_id_command;
